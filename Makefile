@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# This machine ships these torch wheels on local disk; elsewhere override TORCH_SPEC (or set it empty).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.adadf-installed
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install -q $(TORCH_SPEC))
+	$(PY) -m pip install -q -e ".[test,sweep]"
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(PY) run.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/throughput.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

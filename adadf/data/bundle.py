@@ -1,0 +1,132 @@
+"""What every dataset builder returns: the loaders and facts the trainer needs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class DataBundle:
+    """Loaders for one dataset.
+
+    Loaders yield ``(images, labels)`` with images ``[B, 3, H, W]`` or, for multi-crop data,
+    ``[B, num_crops, 3, H, W]``. When a ``*_batch_transform`` is set, the loader yields raw uint8
+    images and the trainer applies the transform on the training device (batched augmentation and
+    normalisation); otherwise images arrive normalised.
+    """
+
+    train_loader: DataLoader
+    test_loader: DataLoader
+    clean_train_loader: DataLoader  # training images, test transform, each sample once, in order
+    num_classes: int
+    class_names: list[str]
+    val_loader: DataLoader | None = None
+    num_crops: int = 1
+    train_batch_transform: BatchTransform | None = None
+    eval_batch_transform: BatchTransform | None = None
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    seed: int,
+    sampler: Sampler | None = None,
+    pin_memory: bool | None = None,
+) -> DataLoader:
+    """A loader with the reference's settings: training shuffles and drops the last partial batch."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )
+
+
+def check_class_names(names: Sequence[str], num_classes: int, key: str = "dataset.num_classes") -> None:
+    from adadf.errors import UserError
+
+    if len(names) != num_classes:
+        raise UserError(f"{key}={num_classes}: the data has {len(names)} classes ({', '.join(names)})")
+
+
+def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (keep, held_out) with ``fraction`` of every class held out (at least one per class
+    with two or more samples). Deterministic in ``seed``; independent of the loader order."""
+    generator = torch.Generator().manual_seed(seed)
+    labels_t = torch.as_tensor(list(labels))
+    keep: list[int] = []
+    held: list[int] = []
+    for c in labels_t.unique().tolist():
+        idx = (labels_t == c).nonzero().flatten()
+        idx = idx[torch.randperm(idx.numel(), generator=generator)].tolist()
+        n_held = min(max(1, round(len(idx) * fraction)), len(idx) - 1) if len(idx) > 1 else 0
+        held += idx[:n_held]
+        keep += idx[n_held:]
+    return sorted(keep), sorted(held)
+
+
+def build_bundle(
+    *,
+    train_set: Dataset,
+    test_set: Dataset,
+    clean_train_set: Dataset,
+    train_labels: Sequence[int],
+    class_names: list[str],
+    batch_size: int,
+    num_workers: int,
+    loader_seed: int,
+    val_fraction: float = 0.0,
+    test_batch_size: int | None = None,
+    train_sampler: Callable[[Sequence[int]], Sampler] | None = None,
+    num_crops: int = 1,
+    train_batch_transform: BatchTransform | None = None,
+    eval_batch_transform: BatchTransform | None = None,
+) -> DataBundle:
+    """Loaders for a dataset given its train/test sets.
+
+    ``clean_train_set`` holds the same samples as ``train_set`` with the test transform (used for
+    the clean class-distribution pass and for the validation split). ``val_fraction`` > 0 holds out
+    a stratified part of the training set as validation (the honest protocol). ``train_sampler``
+    builds a sampler from the labels of the (possibly reduced) training set, e.g. class-balanced.
+    """
+    from torch.utils.data import Subset
+
+    val_loader = None
+    labels = list(train_labels)
+    if val_fraction > 0:
+        keep, held = stratified_split(labels, val_fraction, loader_seed)
+        val_set = Subset(clean_train_set, held)
+        train_set, clean_train_set = Subset(train_set, keep), Subset(clean_train_set, keep)
+        labels = [labels[i] for i in keep]
+        val_loader = make_loader(val_set, batch_size=test_batch_size or batch_size,
+                                 num_workers=num_workers, train=False, seed=loader_seed)
+    sampler = train_sampler(labels) if train_sampler is not None else None
+    eval_batch = test_batch_size or batch_size
+    return DataBundle(
+        train_loader=make_loader(train_set, batch_size=batch_size, num_workers=num_workers, train=True,
+                                 seed=loader_seed, sampler=sampler),
+        test_loader=make_loader(test_set, batch_size=eval_batch, num_workers=num_workers, train=False,
+                                seed=loader_seed),
+        clean_train_loader=make_loader(clean_train_set, batch_size=eval_batch, num_workers=num_workers,
+                                       train=False, seed=loader_seed),
+        num_classes=len(class_names),
+        class_names=class_names,
+        val_loader=val_loader,
+        num_crops=num_crops,
+        train_batch_transform=train_batch_transform,
+        eval_batch_transform=eval_batch_transform,
+    )

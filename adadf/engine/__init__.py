@@ -1,0 +1,1 @@
+"""The training engine: epoch loop, evaluation, checkpoints, interrupts."""

@@ -1,0 +1,179 @@
+"""One training epoch, one evaluation, one class-statistics pass: plain functions over a loader."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterable
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from adadf.data.bundle import BatchTransform
+from adadf.engine.interrupt import StopFlag
+from adadf.errors import UserError
+from adadf.method import AdaDFMethod
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN or Inf: the run stops, the last good checkpoint stays."""
+
+
+@dataclass
+class StepContext:
+    """How batches run on this device: the same code path for CPU and CUDA."""
+
+    device: torch.device
+    autocast: Callable[[], ContextManager] = contextlib.nullcontext
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cpu", enabled=False))
+    channels_last: bool = False
+    stop: StopFlag | None = None
+    progress: bool = True
+
+
+def prepare_batch(
+    images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, transform: BatchTransform | None
+) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Move a batch to the device, flatten crops, apply the on-device transform.
+
+    Returns x [N, 3, H, W], labels per row [N], the number of images B and crops K (N = B * K).
+    """
+    images = images.to(ctx.device, non_blocking=True)
+    labels = labels.to(ctx.device, non_blocking=True)
+    num_images, num_crops = images.shape[0], 1
+    if images.dim() == 5:  # [B, K, 3, H, W]: crops of one image are consecutive rows
+        num_crops = images.shape[1]
+        images = images.flatten(0, 1)
+        labels = labels.repeat_interleave(num_crops)
+    if transform is not None:
+        images = transform(images)
+    if ctx.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels, num_images, num_crops
+
+
+def _batches(loader: Iterable, ctx: StepContext, desc: str) -> Iterable:
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if ctx.progress else True)
+    for batch in bar:
+        if ctx.stop is not None:
+            ctx.stop.check()
+        yield batch
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    method: AdaDFMethod,
+    epoch: int,
+    ctx: StepContext,
+    *,
+    batch_transform: BatchTransform | None = None,
+    accumulate_statistics: bool = False,
+) -> dict[str, float]:
+    """One pass of Ada-DF training (spec section 3): one backward and one step per batch."""
+    model.train()
+    sums = torch.zeros(5, device=ctx.device, dtype=torch.float64)  # loss, ce, kl, rr, correct
+    rows = images_seen = 0
+    weights = (float("nan"), float("nan"))
+    start = time.perf_counter()
+    for step, (images, labels) in enumerate(_batches(loader, ctx, f"train {epoch}"), start=1):
+        x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
+        with ctx.autocast():
+            aux_logits, target_logits, attention = model(x)  # [N, C], [N, C], [N]
+        terms = method.loss(aux_logits.float(), target_logits.float(), attention.float(), y, epoch, num_images)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):  # sync point, once per batch as in the reference
+            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}; stopping")
+        optimizer.zero_grad(set_to_none=True)
+        ctx.scaler.scale(loss).backward()
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+        if accumulate_statistics:
+            method.accumulate(aux_logits.float(), y)
+        with torch.no_grad():
+            correct = (target_logits.argmax(1) == y).sum()
+            sums += torch.stack([loss.detach() * y.numel(), terms["ce"].detach() * y.numel(),
+                                 torch.as_tensor(terms["kl"]).detach() * y.numel(),
+                                 torch.as_tensor(terms["rr"], device=ctx.device).detach() * y.numel(),
+                                 correct]).to(sums)
+        rows += y.numel()
+        images_seen += num_images
+        weights = (terms["w_ce"], terms["w_kl"])
+    seconds = time.perf_counter() - start
+    if rows == 0:
+        raise UserError("the training loader yielded no batch: dataset.batch_size is larger than the training split")
+    loss_sum, ce_sum, kl_sum, rr_sum, correct_sum = (sums / rows).tolist()
+    return {
+        "train_loss": loss_sum,
+        "train_ce": ce_sum,
+        "train_kl": kl_sum,
+        "train_rr": rr_sum,
+        "train_acc": 100.0 * correct_sum,
+        "w_ce": float(weights[0]),
+        "w_kl": float(weights[1]),
+        "train_time_s": seconds,
+        "train_images_per_s": images_seen / seconds if seconds > 0 else float("nan"),
+    }
+
+
+@dataclass
+class EvalResult:
+    """Accuracies in percent; confusion[i, j] counts images of class i predicted as j."""
+
+    acc: float
+    mean_class_acc: float
+    per_class_acc: list[float]
+    confusion: torch.Tensor  # [C, C] int64, on the CPU
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    num_classes: int,
+    ctx: StepContext,
+    *,
+    batch_transform: BatchTransform | None = None,
+    desc: str = "test",
+) -> EvalResult:
+    """Target-branch predictions in eval mode; multi-crop logits are averaged over crops."""
+    model.eval()
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=ctx.device)
+    for images, labels in _batches(loader, ctx, desc):
+        x, _, num_images, num_crops = prepare_batch(images, labels, ctx, batch_transform)
+        with ctx.autocast():
+            _, target_logits, _ = model(x)
+        logits = target_logits.float().view(num_images, num_crops, -1).mean(1)  # [B, C]
+        labels = labels.to(ctx.device)
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)
+    return summarize_confusion(confusion.view(num_classes, num_classes).cpu())
+
+
+def summarize_confusion(confusion: torch.Tensor) -> EvalResult:
+    totals = confusion.sum(1)
+    per_class = torch.where(totals > 0, confusion.diag() / totals.clamp(min=1) * 100.0, torch.nan)
+    total = int(totals.sum())
+    acc = 100.0 * float(confusion.diag().sum()) / total if total else float("nan")
+    present = per_class[totals > 0]
+    mean_class = float(present.mean()) if present.numel() else float("nan")
+    return EvalResult(acc, mean_class, per_class.tolist(), confusion)
+
+
+@torch.no_grad()
+def class_statistics_pass(
+    model: nn.Module,
+    loader: Iterable,
+    method: AdaDFMethod,
+    ctx: StepContext,
+    *,
+    batch_transform: BatchTransform | None = None,
+) -> None:
+    """Accumulate auxiliary-branch softmax statistics over ``loader`` in eval mode (spec section 2)."""
+    model.eval()
+    for images, labels in _batches(loader, ctx, "class distributions"):
+        x, y, _, _ = prepare_batch(images, labels, ctx, batch_transform)
+        with ctx.autocast():
+            aux_logits, _, _ = model(x)
+        method.accumulate(aux_logits.float(), y)

@@ -1,0 +1,171 @@
+"""The epoch loop: train -> class distributions -> evaluate -> checkpoint, resumable exactly."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from adadf.config.schema import LDPass
+from adadf.data.bundle import DataBundle
+from adadf.engine.checkpoint import copy_atomic, rng_state, save_atomic, set_rng_state
+from adadf.engine.loop import StepContext, class_statistics_pass, evaluate, train_one_epoch
+from adadf.method import AdaDFMethod, Reducer
+from adadf.tracking import Logger, RunFiles
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """Everything about the run so far that is not a module's state."""
+
+    epoch: int = 0  # last completed epoch
+    best_acc: float = -math.inf
+    best_epoch: int = 0
+    best_mean_class_acc: float = -math.inf
+    best_per_class_acc: list[float] = field(default_factory=list)  # at the best test epoch
+    best_confusion: list[list[int]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self, status: str, wall_time_s: float) -> dict[str, Any]:
+        last = self.history[-1] if self.history else {}
+        summary = {
+            "best_acc": self.best_acc if self.history else None,  # reference metric: best test epoch
+            "best_epoch": self.best_epoch if self.history else None,
+            "final_acc": last.get("test_acc"),
+            "best_mean_class_acc": self.best_mean_class_acc if self.history else None,
+            "final_mean_class_acc": last.get("test_mean_class_acc"),
+            "epochs_completed": self.epoch,
+            "status": status,
+            "wall_time_s": wall_time_s,
+        }
+        if "val_acc" in last:  # honest protocol: test accuracy at the best-validation epoch
+            best_val = max(self.history, key=lambda r: r["val_acc"])
+            summary.update(best_val_acc=best_val["val_acc"], best_val_epoch=best_val["epoch"],
+                           test_acc_at_best_val=best_val["test_acc"])
+        return summary
+
+
+def _reseed(loader: Any, seed: int, epoch: int, salt: int) -> None:
+    """Make each epoch's shuffle a function of (seed, epoch) so a resumed run draws the same order."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch * 2 + salt)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed * 1_000_003 + epoch * 2 + salt)
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    method: AdaDFMethod
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: DataBundle
+    ctx: StepContext
+    files: RunFiles
+    logger: Logger
+    epochs: int
+    ld_pass: LDPass = LDPass.augmented
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+    is_main: bool = True
+    reduce: Reducer | None = None
+    progress: Progress = field(default_factory=Progress)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        model = getattr(self.model, "module", self.model)  # unwrap DDP
+        model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+        return {
+            "format": "adadf-checkpoint-1",
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.ctx.scaler.state_dict(),
+            "method": self.method.state_dict(),
+            "epoch": self.progress.epoch,
+            "progress": vars(self.progress),
+            "rng": rng_state(),
+            "config": self.config,
+            "class_names": self.data.class_names,
+            "wandb_run_id": self.logger.run_id,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        model = getattr(self.model, "module", self.model)
+        getattr(model, "_orig_mod", model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ctx.scaler.load_state_dict(state["scaler"])
+        self.method.load_state_dict(state["method"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"])
+
+    def _save(self, improved: bool) -> None:
+        if not self.is_main:
+            return
+        save_atomic(self.state_dict(), self.files.last_checkpoint)
+        if improved:
+            copy_atomic(self.files.last_checkpoint, self.files.best_checkpoint)
+
+    # -- the loop ----------------------------------------------------------------------------
+    def fit(self) -> Progress:
+        """Run the remaining epochs; raises on interrupt or failure after the last checkpoint."""
+        data, method, ctx = self.data, self.method, self.ctx
+        for epoch in range(self.progress.epoch + 1, self.epochs + 1):
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            _reseed(data.train_loader, self.seed, epoch, 0)
+            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
+            row |= train_one_epoch(
+                self.model, data.train_loader, self.optimizer, method, epoch, ctx,
+                batch_transform=data.train_batch_transform,
+                accumulate_statistics=self.ld_pass == LDPass.online,
+            )
+            ld_start = time.perf_counter()
+            if self.ld_pass == LDPass.augmented:  # reference: the training loader as is
+                _reseed(data.train_loader, self.seed, epoch, 1)
+                class_statistics_pass(self.model, data.train_loader, method, ctx,
+                                      batch_transform=data.train_batch_transform)
+            elif self.ld_pass == LDPass.clean:
+                class_statistics_pass(self.model, data.clean_train_loader, method, ctx,
+                                      batch_transform=data.eval_batch_transform)
+            method.update_distributions(self.reduce)
+            row["ld_time_s"] = time.perf_counter() - ld_start
+            self.scheduler.step()
+
+            if data.val_loader is not None:
+                val = evaluate(self.model, data.val_loader, data.num_classes, ctx,
+                               batch_transform=data.eval_batch_transform, desc="val")
+                row |= {"val_acc": val.acc, "val_mean_class_acc": val.mean_class_acc}
+            test = evaluate(self.model, data.test_loader, data.num_classes, ctx,
+                            batch_transform=data.eval_batch_transform)
+            row |= {"test_acc": test.acc, "test_mean_class_acc": test.mean_class_acc}
+            row["epoch_time_s"] = time.perf_counter() - start
+
+            p = self.progress
+            improved = test.acc > p.best_acc
+            if improved:
+                p.best_acc, p.best_epoch = test.acc, epoch
+                p.best_per_class_acc, p.best_confusion = test.per_class_acc, test.confusion.tolist()
+            p.best_mean_class_acc = max(p.best_mean_class_acc, test.mean_class_acc)
+            p.epoch = epoch
+            p.history.append(row)
+            self._save(improved)
+            if self.is_main:
+                self.files.write_metrics(p.history)
+                self.logger.log_epoch(row)
+            log.info(
+                "epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%% (best %.2f%% @%d)  %.1fs  %.0f img/s",
+                epoch, self.epochs, row["train_loss"], row["train_acc"], test.acc, p.best_acc,
+                p.best_epoch, row["epoch_time_s"], row["train_images_per_s"],
+            )
+        return self.progress

@@ -1,0 +1,54 @@
+"""metrics.csv and summary.json: the files users and sweeps read, always written atomically."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+METRIC_COLUMNS = [
+    "epoch", "lr", "train_loss", "train_acc", "test_acc", "test_mean_class_acc",
+    "epoch_time_s", "train_images_per_s",
+]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunFiles:
+    """The per-run output contract of DESIGN.md inside one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.last_checkpoint = self.checkpoint_dir / "last.pt"
+        self.best_checkpoint = self.checkpoint_dir / "best.pt"
+        self.metrics = self.run_dir / "metrics.csv"
+        self.summary = self.run_dir / "summary.json"
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        """Rewrite metrics.csv from the full history (so a resumed run never duplicates rows)."""
+        frame = pd.DataFrame(history)
+        columns = [c for c in METRIC_COLUMNS if c in frame] + [c for c in frame if c not in METRIC_COLUMNS]
+        write_text_atomic(self.metrics, frame[columns].to_csv(index=False))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_text_atomic(self.summary, json.dumps(summary, indent=2, default=float) + "\n")
+
+    def read_summary(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.summary.read_text())
+        except (OSError, ValueError):
+            return None

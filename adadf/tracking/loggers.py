@@ -1,0 +1,140 @@
+"""Experiment trackers. The trainer talks to this small interface; W&B is one implementation."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class Logger:
+    """No-op tracker; subclasses send the same calls somewhere."""
+
+    run_id: str | None = None
+
+    def start(self, run_dir: Path, config: dict[str, Any], run_id: str | None = None) -> None:
+        """Open the run; ``run_id`` continues an earlier run (resume)."""
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        """One row of metrics.csv."""
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        """Best/final figures (summary.json)."""
+
+    def log_evaluation(self, per_class_acc: Sequence[float], confusion: Any, class_names: Sequence[str],
+                       prefix: str = "best") -> None:
+        """Per-class accuracy and the confusion matrix of one evaluation."""
+
+    def log_file(self, path: Path, name: str, kind: str) -> None:
+        """An artifact such as a checkpoint."""
+
+    def finish(self, exit_code: int = 0) -> None:
+        """Close the run; always called, also after an error."""
+
+
+class NullLogger(Logger):
+    """``logger=csv`` / ``logger=none``: the run files only."""
+
+
+class WandbLogger(Logger):
+    """Weights & Biases through the real ``wandb`` library.
+
+    Offline by default: the run is written under ``<run_dir>/wandb`` and can be uploaded later
+    with ``wandb sync``. ``mode=online`` needs a server and a login; ``disabled`` makes every call
+    a no-op inside wandb itself.
+    """
+
+    def __init__(
+        self,
+        mode: str = "offline",
+        project: str = "adadf",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        name: str | None = None,
+        job_type: str = "train",
+        log_checkpoint: bool = False,
+    ) -> None:
+        if mode not in ("offline", "online", "disabled"):
+            from adadf.errors import UserError
+
+            raise UserError(f"logger.mode={mode!r}: expected offline, online or disabled")
+        self.mode = mode
+        self.project = project
+        self.entity = entity
+        self.group = group
+        self.tags = list(tags)
+        self.name = name
+        self.job_type = job_type
+        self.log_checkpoint = log_checkpoint
+        self._run = None
+
+    def start(self, run_dir: Path, config: dict[str, Any], run_id: str | None = None) -> None:
+        import wandb
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        self._run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            group=self.group,
+            tags=self.tags or None,
+            name=self.name,
+            job_type=self.job_type,
+            config=config,
+            dir=str(run_dir),
+            mode=self.mode,
+            id=run_id,
+            resume="allow" if run_id else None,
+            settings=wandb.Settings(console="off", x_disable_stats=True),
+        )
+        self.run_id = self._run.id
+        self._run.define_metric("epoch")
+        self._run.define_metric("*", step_metric="epoch")
+        log.info("W&B run %s (%s) in %s", self._run.id, self.mode, run_dir / "wandb")
+
+    def log_epoch(self, row: dict[str, Any]) -> None:
+        if self._run is not None:
+            self._run.log(dict(row))
+
+    def log_summary(self, summary: dict[str, Any]) -> None:
+        if self._run is not None:
+            for key, value in summary.items():
+                self._run.summary[key] = value
+
+    def log_evaluation(self, per_class_acc, confusion, class_names, prefix: str = "best") -> None:
+        if self._run is None:
+            return
+        import wandb
+
+        table = wandb.Table(columns=["class", "accuracy"],
+                            data=[[n, float(a)] for n, a in zip(class_names, per_class_acc)])
+        # W&B's confusion-matrix plot wants per-sample labels; rebuild them from the counts.
+        y_true, y_pred = [], []
+        counts = confusion.tolist()
+        for i, row in enumerate(counts):
+            for j, n in enumerate(row):
+                y_true += [i] * int(n)
+                y_pred += [j] * int(n)
+        self._run.log({
+            f"{prefix}/per_class_acc": wandb.plot.bar(table, "class", "accuracy", title=f"{prefix} per-class accuracy"),
+            f"{prefix}/confusion_matrix": wandb.plot.confusion_matrix(
+                y_true=y_true, preds=y_pred, class_names=list(class_names), title=f"{prefix} confusion matrix"),
+        })
+        for name, acc in zip(class_names, per_class_acc):
+            self._run.summary[f"{prefix}/acc_{name}"] = float(acc)
+
+    def log_file(self, path: Path, name: str, kind: str) -> None:
+        if self._run is None or not (self.log_checkpoint or kind != "model"):
+            return
+        import wandb
+
+        artifact = wandb.Artifact(name, type=kind)
+        artifact.add_file(str(path))
+        self._run.log_artifact(artifact)
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self._run is not None:
+            self._run.finish(exit_code=exit_code)
+            self._run = None
