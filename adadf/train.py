@@ -17,13 +17,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from adadf.config import instantiate_node, validate_config
 from adadf.config.schema import TrainerConfig
+from adadf.engine import distributed
 from adadf.engine.checkpoint import load_checkpoint, seed_everything
 from adadf.engine.interrupt import StopFlag, StopRequested
 from adadf.engine.loop import StepContext
 from adadf.engine.trainer import Trainer
 from adadf.errors import UserError
 from adadf.method import AdaDFMethod
-from adadf.tracking import RunFiles
+from adadf.tracking import NullLogger, RunFiles
+from adadf.tracking.sweep import sweep_group, sweep_tags
 
 log = logging.getLogger(__name__)
 
@@ -92,15 +94,20 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Build everything from ``cfg``, train, and return the run summary (also in summary.json)."""
     started = time.perf_counter()
     fusion_params, params = validate_config(cfg)
-    files = RunFiles(run_dir())
-    resume_from = find_resume_checkpoint(params.resume, files)
+    # torchrun: join the process group; every rank uses rank 0's output dir, only rank 0 writes.
+    world, device = distributed.init_distributed(resolve_device(params.device))
+    files = RunFiles(distributed.broadcast_object(run_dir()))
+    if not world.is_main:
+        distributed.remove_empty_dir(run_dir(), keep=files.run_dir)
+    resume_from = find_resume_checkpoint(params.resume, files) if world.is_main else None
+    resume_from = distributed.broadcast_object(resume_from)
     seed_everything(cfg.seed)
     if params.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(params.device)
     ctx = step_context(params, device)
 
-    data = instantiate_node(cfg.dataset, "dataset", loader_seed=cfg.seed)
+    with distributed.main_rank_first():  # rank 0 builds any dataset cache, the others read it
+        data = instantiate_node(cfg.dataset, "dataset", loader_seed=cfg.seed)
     model, imported_dist = instantiate_node(
         cfg.backbone, "backbone", num_classes=data.num_classes, drop_rate=fusion_params.drop_rate
     )
@@ -115,16 +122,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     scheduler = instantiate_node(cfg.scheduler, "scheduler")(optimizer)
     if params.compile:
         model = torch.compile(model)
+    model = distributed.wrap_model(model, device)  # DDP when distributed (rank 0's weights everywhere)
+    rank_seed = cfg.seed + 10_000 * world.rank  # own augmentation stream per rank
+    if world.rank:
+        seed_everything(rank_seed)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     logger_cfg = cfg.logger
     if "name" in logger_cfg and logger_cfg.name is None:
         logger_cfg = OmegaConf.merge(logger_cfg, {"name": default_run_name(cfg)})
-    logger = instantiate_node(logger_cfg, "logger")
+    if "group" in logger_cfg and logger_cfg.group is None:  # all jobs of a multirun: one W&B group
+        logger_cfg = OmegaConf.merge(logger_cfg, {"group": sweep_group()})
+    if "tags" in logger_cfg and sweep_tags():
+        logger_cfg = OmegaConf.merge(logger_cfg, {"tags": [*logger_cfg.tags, *sweep_tags()]})
+    logger = instantiate_node(logger_cfg, "logger") if world.is_main else NullLogger()
     trainer = Trainer(
         model=model, method=method, optimizer=optimizer, scheduler=scheduler, data=data, ctx=ctx,
         files=files, logger=logger, epochs=params.epochs, ld_pass=fusion_params.ld_pass,
-        seed=cfg.seed, config=config,
+        seed=rank_seed, config=config, is_main=world.is_main,
+        reduce=distributed.all_reduce_sum if world.enabled else None,
     )
     run_id = None
     if resume_from is not None:
@@ -134,6 +150,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         except (RuntimeError, KeyError, ValueError) as err:
             raise UserError(f"{resume_from}: does not fit this config ({str(err).splitlines()[0]})") from None
         run_id = state.get("wandb_run_id")
+        if world.rank:  # the checkpoint holds rank 0's RNG state; keep this rank's stream its own
+            seed_everything(rank_seed + trainer.progress.epoch)
         log.info("resuming from %s after epoch %d", resume_from, trainer.progress.epoch)
 
     log.info("run dir %s  device %s  %d train batches/epoch", files.run_dir, device, len(data.train_loader))
@@ -141,7 +159,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     status, exit_code = "failed", 1
     try:
         with StopFlag() as stop:
-            ctx.stop = stop
+            ctx.stop = distributed.AgreedStopFlag(stop) if world.enabled else stop
             trainer.fit()
         status, exit_code = "completed", 0
     except StopRequested as stopped:
@@ -154,7 +172,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         progress = trainer.progress
         summary = progress.summary(status, time.perf_counter() - started)
         summary["best_per_class_acc"] = dict(zip(data.class_names, progress.best_per_class_acc))
-        files.write_summary(summary)
+        if world.is_main:
+            files.write_summary(summary)
         logger.log_summary({k: v for k, v in summary.items() if not isinstance(v, dict)})
         if progress.best_confusion:
             logger.log_evaluation(progress.best_per_class_acc, torch.tensor(progress.best_confusion),

@@ -7,10 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+# Tiny tensors gain nothing from a second thread, and busy-waiting threads slow a shared machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +39,7 @@ def cli_env(cache_dir: Path) -> dict[str, str]:
     env["ADADF_CACHE_DIR"] = str(cache_dir)
     env.pop("WANDB_MODE", None)
     env["HYDRA_FULL_ERROR"] = "0"
+    env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
 

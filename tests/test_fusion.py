@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from adadf import fusion
 
-torch.set_num_threads(2)
 
 DT = torch.float64
 SEEDS = (0, 1, 2)

@@ -41,7 +41,14 @@ def make_loader(
     sampler: Sampler | None = None,
     pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A loader with the reference's settings: training shuffles and drops the last partial batch."""
+    """A loader with the reference's settings: training shuffles and drops the last partial batch.
+
+    Under torchrun (an initialised process group) each rank gets its shard: see
+    ``adadf.engine.distributed.distributed_sampler``.
+    """
+    from adadf.engine.distributed import distributed_sampler
+
+    sampler = distributed_sampler(len(dataset), train=train, seed=seed, sampler=sampler)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from adadf.data.bundle import DataBundle, make_loader
+from adadf.data.bundle import DataBundle, build_bundle
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 NUM_CLASSES = len(CLASS_NAMES)
-FORMAT_VERSION = 1  # bump whenever the renderer changes, so stale caches are not reused
+FORMAT_VERSION = 2  # bump whenever the renderer changes, so stale caches are not reused
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -133,7 +133,7 @@ def _face_layer(rng: np.random.Generator, p: np.ndarray, size: int) -> Image.Ima
 
     skin = _palette(_SKIN, rng.random()) * rng.uniform(0.9, 1.05)
     dark = skin * 0.45
-    line_w = max(1, round(0.075 * a))
+    line_w = max(1, round(0.09 * a))
 
     # Hair behind the face, ears, face.
     if rng.random() < 0.75:
@@ -170,7 +170,7 @@ def _face_layer(rng: np.random.Generator, p: np.ndarray, size: int) -> Image.Ima
         inner = pt(side * 0.15, v_base - 0.12 * brow_tilt)
         mid = pt(side * 0.36, v_base - 0.03 - 0.02 * brow_tilt)
         outer = pt(side * 0.58, v_base + 0.03 + 0.04 * brow_tilt)
-        d.line([inner, mid, outer], fill=brow_col, width=int(line_w * 1.6), joint="curve")
+        d.line([inner, mid, outer], fill=brow_col, width=int(line_w * 2.0), joint="curve")
     if brow_tilt < -0.3:  # frown lines between the brows
         col = _rgb(_mix(skin, dark, min(1.0, -brow_tilt - 0.3)))
         for side in (-1, 1):
@@ -187,10 +187,10 @@ def _face_layer(rng: np.random.Generator, p: np.ndarray, size: int) -> Image.Ima
 
     # Mouth: a midline bent by curve and tilt, opened into a lens shape by mouth_open.
     t = np.linspace(-1.0, 1.0, 17)
-    half_w = 0.3 * mouth_width
+    half_w = 0.34 * mouth_width
     sneer = mouth_tilt * (1 if rng.random() < 0.5 else -1)
     v0 = 0.52 + rng.uniform(-0.03, 0.03)
-    mid = v0 - curve * 0.16 * t**2 - sneer * 0.07 * t + 0.04 * max(curve, 0) - 0.03 * min(curve, 0)
+    mid = v0 - curve * 0.2 * t**2 - sneer * 0.07 * t + 0.04 * max(curve, 0) - 0.03 * min(curve, 0)
     profile = np.clip(1.0 - t**2, 0.0, None) ** 0.6
     upper = mid - mouth_open * 0.11 * profile
     lower = mid + mouth_open * 0.22 * profile
@@ -459,8 +459,7 @@ def build_synthetic(
     _check(test_size >= num_classes, "test_size", test_size, f"an integer >= {num_classes}")
     _check(0.0 <= label_noise < 1.0, "label_noise", label_noise, "a number in [0, 1)")
     _check(0.0 <= ambiguity < 1.0, "ambiguity", ambiguity, "a number in [0, 1)")
-    if val_fraction != 0:
-        raise UserError(f"dataset.val_fraction={val_fraction}: not supported yet for the synthetic dataset (use 0)")
+    _check(0.0 <= val_fraction < 1.0, "val_fraction", val_fraction, "a number in [0, 1)")
 
     cache_dir = None if root is None else Path(root).expanduser().resolve()
     data = load_or_generate(
@@ -474,13 +473,10 @@ def build_synthetic(
     )
     train_set = UInt8ImageDataset(data["train_images"], data["train_labels"])
     test_set = UInt8ImageDataset(data["test_images"], data["test_labels"])
-    common = dict(batch_size=batch_size, num_workers=num_workers, seed=loader_seed)
-    return DataBundle(
-        train_loader=make_loader(train_set, train=True, **common),
-        test_loader=make_loader(test_set, train=False, **common),
-        clean_train_loader=make_loader(train_set, train=False, **common),
-        num_classes=NUM_CLASSES,
-        class_names=list(CLASS_NAMES),
-        train_batch_transform=TrainBatchTransform(),
-        eval_batch_transform=EvalBatchTransform(),
+    return build_bundle(  # val_fraction > 0: a stratified validation split of the training set
+        train_set=train_set, test_set=test_set, clean_train_set=train_set,
+        train_labels=data["train_labels"].tolist(), class_names=list(CLASS_NAMES),
+        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
+        val_fraction=val_fraction,
+        train_batch_transform=TrainBatchTransform(), eval_batch_transform=EvalBatchTransform(),
     )

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from adadf.data.bundle import BatchTransform
 from adadf.engine.interrupt import StopFlag
 from adadf.errors import UserError
-from adadf.method import AdaDFMethod
+from adadf.method import AdaDFMethod, Reducer
 
 
 class NonFiniteLoss(UserError):
@@ -71,8 +71,13 @@ def train_one_epoch(
     *,
     batch_transform: BatchTransform | None = None,
     accumulate_statistics: bool = False,
+    reduce: Reducer | None = None,
 ) -> dict[str, float]:
-    """One pass of Ada-DF training (spec section 3): one backward and one step per batch."""
+    """One pass of Ada-DF training (spec section 3): one backward and one step per batch.
+
+    ``reduce`` (DDP) sums the epoch's loss terms and counts over ranks, so the metrics describe
+    the whole global epoch; images/s is then all ranks' images over this rank's time.
+    """
     model.train()
     sums = torch.zeros(5, device=ctx.device, dtype=torch.float64)  # loss, ce, kl, rr, correct
     rows = images_seen = 0
@@ -82,7 +87,8 @@ def train_one_epoch(
         x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
         with ctx.autocast():
             aux_logits, target_logits, attention = model(x)  # [N, C], [N, C], [N]
-        terms = method.loss(aux_logits.float(), target_logits.float(), attention.float(), y, epoch, num_images)
+        # adadf_loss upcasts autocast's bf16/fp16 outputs to fp32 itself; float64 stays float64.
+        terms = method.loss(aux_logits, target_logits, attention, y, epoch, num_images)
         loss = terms["loss"]
         if not torch.isfinite(loss):  # sync point, once per batch as in the reference
             raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}; stopping")
@@ -91,7 +97,7 @@ def train_one_epoch(
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
         if accumulate_statistics:
-            method.accumulate(aux_logits.float(), y)
+            method.accumulate(aux_logits, y)
         with torch.no_grad():
             correct = (target_logits.argmax(1) == y).sum()
             sums += torch.stack([loss.detach() * y.numel(), terms["ce"].detach() * y.numel(),
@@ -102,6 +108,9 @@ def train_one_epoch(
         images_seen += num_images
         weights = (terms["w_ce"], terms["w_kl"])
     seconds = time.perf_counter() - start
+    if reduce is not None:  # [loss, ce, kl, rr, correct] sums, rows, images over all ranks
+        totals = reduce(torch.cat([sums, torch.tensor([rows, images_seen], dtype=sums.dtype, device=sums.device)]))
+        sums, rows, images_seen = totals[:5], int(totals[5]), int(totals[6])
     if rows == 0:
         raise UserError("the training loader yielded no batch: dataset.batch_size is larger than the training split")
     loss_sum, ce_sum, kl_sum, rr_sum, correct_sum = (sums / rows).tolist()
@@ -137,8 +146,12 @@ def evaluate(
     *,
     batch_transform: BatchTransform | None = None,
     desc: str = "test",
+    reduce: Reducer | None = None,
 ) -> EvalResult:
-    """Target-branch predictions in eval mode; multi-crop logits are averaged over crops."""
+    """Target-branch predictions in eval mode; multi-crop logits are averaged over crops.
+
+    ``reduce`` (DDP) sums the confusion matrix over ranks, each of which saw a shard of the loader.
+    """
     model.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=ctx.device)
     for images, labels in _batches(loader, ctx, desc):
@@ -148,6 +161,8 @@ def evaluate(
         logits = target_logits.float().view(num_images, num_crops, -1).mean(1)  # [B, C]
         labels = labels.to(ctx.device)
         confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)
+    if reduce is not None:
+        confusion = reduce(confusion)
     return summarize_confusion(confusion.view(num_classes, num_classes).cpu())
 
 

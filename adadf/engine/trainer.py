@@ -14,6 +14,7 @@ from torch import nn
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
 from adadf.engine.checkpoint import copy_atomic, rng_state, save_atomic, set_rng_state
+from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap_ddp
 from adadf.engine.loop import StepContext, class_statistics_pass, evaluate, train_one_epoch
 from adadf.method import AdaDFMethod, Reducer
 from adadf.tracking import Logger, RunFiles
@@ -120,6 +121,9 @@ class Trainer:
     def fit(self) -> Progress:
         """Run the remaining epochs; raises on interrupt or failure after the last checkpoint."""
         data, method, ctx = self.data, self.method, self.ctx
+        # No-grad passes run on the module inside DDP: no hooks, no collectives, so ranks may see
+        # shards of different lengths (evaluation); their results are summed with ``reduce``.
+        inner = unwrap_ddp(self.model)
         for epoch in range(self.progress.epoch + 1, self.epochs + 1):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -128,26 +132,28 @@ class Trainer:
             row |= train_one_epoch(
                 self.model, data.train_loader, self.optimizer, method, epoch, ctx,
                 batch_transform=data.train_batch_transform,
-                accumulate_statistics=self.ld_pass == LDPass.online,
+                accumulate_statistics=self.ld_pass == LDPass.online, reduce=self.reduce,
             )
+            broadcast_buffers(inner)  # DDP: every rank evaluates rank 0's BatchNorm statistics
             ld_start = time.perf_counter()
             if self.ld_pass == LDPass.augmented:  # reference: the training loader as is
                 _reseed(data.train_loader, self.seed, epoch, 1)
-                class_statistics_pass(self.model, data.train_loader, method, ctx,
+                class_statistics_pass(inner, data.train_loader, method, ctx,
                                       batch_transform=data.train_batch_transform)
             elif self.ld_pass == LDPass.clean:
-                class_statistics_pass(self.model, data.clean_train_loader, method, ctx,
+                class_statistics_pass(inner, data.clean_train_loader, method, ctx,
                                       batch_transform=data.eval_batch_transform)
             method.update_distributions(self.reduce)
+            check_same_across_ranks(method.class_dist, "the class distributions")  # DDP guard
             row["ld_time_s"] = time.perf_counter() - ld_start
             self.scheduler.step()
 
             if data.val_loader is not None:
-                val = evaluate(self.model, data.val_loader, data.num_classes, ctx,
-                               batch_transform=data.eval_batch_transform, desc="val")
+                val = evaluate(inner, data.val_loader, data.num_classes, ctx,
+                               batch_transform=data.eval_batch_transform, desc="val", reduce=self.reduce)
                 row |= {"val_acc": val.acc, "val_mean_class_acc": val.mean_class_acc}
-            test = evaluate(self.model, data.test_loader, data.num_classes, ctx,
-                            batch_transform=data.eval_batch_transform)
+            test = evaluate(inner, data.test_loader, data.num_classes, ctx,
+                            batch_transform=data.eval_batch_transform, reduce=self.reduce)
             row |= {"test_acc": test.acc, "test_mean_class_acc": test.mean_class_acc}
             row["epoch_time_s"] = time.perf_counter() - start
 

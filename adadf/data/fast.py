@@ -1,0 +1,356 @@
+"""The fast input pipeline (``dataset.pipeline=fast``): decode once, augment small, finish on the device.
+
+The reference pipeline (``dataset.pipeline=reference``, :mod:`adadf.data.transforms`) decodes every
+JPEG every epoch, resizes it to 224 px and runs the whole recipe per image in PIL on the CPU. Here:
+
+1. **Decoded image cache.** Every image of a split is decoded once (threads, tqdm progress bar),
+   resized to ``cache_size`` x ``cache_size`` if it is not that size already (bilinear, aspect not
+   kept: the recipe's own first step) and stored as one uint8 ``[N, S, S, 3]`` ``.npy`` file under
+   ``$ADADF_CACHE_DIR/images`` (else ``$XDG_CACHE_HOME/adadf/images`` or ``~/.cache/adadf/images``).
+   The file name is a hash of the split's files (relative path, size, modification time), the
+   resolved root and ``S``, so it is reused across epochs and runs and rebuilt when an image
+   changes. It is memory-mapped: workers share the page cache (RAF-DB at 100 px is ~370 MB). ``S``
+   defaults to the smaller of the recipe's resize and the first image's larger side (RAF-DB: its
+   native 100 px, so the cache is lossless).
+2. **Per image, in DataLoader workers, at the stored size:** timm's RandAugment (the recipe's
+   string and hparams, the same Posterize bit floor as the reference) and the horizontal flip,
+   in PIL, on the S x S image instead of the 224 x 224 one (about 5x fewer pixels at RAF-DB's 100 px).
+   Workers return uint8 ``[3, S, S]``: a batch is ~2 MB instead of ~38 MB of float32.
+3. **Per batch, on the training device** (the trainer applies ``train_batch_transform``): resize to
+   224 (bilinear; on the CPU torch's uint8 kernel, which follows Pillow's), normalise, then
+   RandomErasing per image with torchvision's own parameter sampling (p, scale, ratio (0.3, 3.3),
+   value 0 as in the reference). Evaluation: resize + normalise.
+
+Differences from the reference recipe (resize -> RandAugment -> flip -> tensor -> normalise -> erase):
+
+- RandAugment runs **before** the resize, on the stored image. Flip commutes with the resize exactly;
+  the colour ops (brightness, colour, contrast, solarize, posterize, invert, autocontrast, equalize)
+  are per-pixel or per-image-histogram and give nearly the same image (PIL applies them to uint8
+  pixels either way; the upsampling then interpolates the results instead of the inputs). The
+  geometric ops (rotate, shear, relative translate) use the same angles and fractions; they resample
+  the small image once and the resize resamples it again, so their output is a little softer than
+  the reference's, where both resamplings happen at 224 px; the fill colour (``img_mean``) is the
+  same. Sharpness's 3x3 kernel covers a larger part of the face at 100 px than at 224 px.
+  ``translate_const`` (absolute translation, unused by the ``rand-`` ops, which translate by a
+  fraction) is scaled by S / 224.
+- Resize and normalise run on uint8 batches on the device: on the CPU the result is rounded to
+  uint8 like PIL's resize; on CUDA it stays float (no rounding to integers).
+- With a ``cache_size`` below an image's own size, the image loses that resolution (never the case
+  with the default for RAF-DB).
+- Random streams differ (RandomErasing draws from the training process's torch RNG, not the
+  workers'), so the same seed gives other augmentations than ``pipeline=reference``.
+
+Only square-resize recipes (``standard``: RAF-DB, AffectNet) are supported; ten-crop (SFEW) keeps
+``pipeline=reference``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset, Subset
+from torchvision import transforms as T
+from tqdm import tqdm
+
+from adadf.data.bundle import DataBundle, make_loader, stratified_split
+from adadf.data.index import ImageIndex
+from adadf.data.transforms import Recipe, randaugment
+from adadf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when the cache layout or decoding changes
+ERASING_RATIO = (0.3, 3.3)  # torchvision RandomErasing's default, as the reference uses it
+
+
+# --------------------------------------------------------------------------------------------
+# Decoded image cache
+# --------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """``$ADADF_CACHE_DIR/images``, else ``$XDG_CACHE_HOME/adadf/images``, else ``~/.cache/adadf/images``."""
+    if os.environ.get("ADADF_CACHE_DIR"):
+        return Path(os.environ["ADADF_CACHE_DIR"]).expanduser() / "images"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "adadf" / "images"
+    return Path.home() / ".cache" / "adadf" / "images"
+
+
+def native_size(index: ImageIndex) -> int:
+    """The larger side of the split's first image (read from its header only)."""
+    from adadf.data.images import load_rgb
+
+    path = index.absolute(0)
+    try:
+        with Image.open(path) as image:
+            return max(image.size)
+    except OSError:
+        return max(load_rgb(path).size)  # raises the one-line UnreadableImage
+
+
+def cache_key(index: ImageIndex, size: int) -> str:
+    """A hash of what the cached pixels depend on: root, every file's path/size/mtime, the size."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({"format": CACHE_FORMAT, "size": size, "root": str(Path(index.root).resolve())}).encode())
+    for rel in index.paths:
+        try:
+            stat = os.stat(index.root / rel)
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{rel}\0missing\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    from adadf.data.images import load_rgb
+
+    image = load_rgb(path)
+    if image.size != (size, size):
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)  # [S, S, 3]
+
+
+def build_cache(index: ImageIndex, size: int, cache_dir: Path | None = None, split: str = "train",
+                threads: int | None = None) -> Path:
+    """The uint8 ``[N, size, size, 3]`` .npy file of ``index``'s decoded images (built if missing)."""
+    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    path = root / f"{split}-{len(index)}x{size}px-{cache_key(index, size)}.npy"
+    if path.is_file():
+        try:
+            cached = np.load(path, mmap_mode="r")
+            if cached.shape == (len(index), size, size, 3) and cached.dtype == np.uint8:
+                log.info("decoded %s images: %s", split, path)
+                return path
+        except (OSError, ValueError):
+            pass
+        log.warning("rebuilding unreadable image cache %s", path)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{root}: cannot create the image cache directory ({err.strerror}); "
+                        "set ADADF_CACHE_DIR to a writable directory") from None
+    start = time.perf_counter()
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(index), size, size, 3))
+        paths = [index.absolute(i) for i in range(len(index))]
+        threads = threads or min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            decoded = pool.map(partial(_decode, size=size), paths, chunksize=32)
+            for i, pixels in enumerate(tqdm(decoded, total=len(paths), desc=f"decoding {split} images",
+                                            unit="img", leave=False, mininterval=1.0)):
+                out[i] = pixels
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    log.info("decoded %d %s images to %d px in %.1f s: %s (%.0f MB)", len(index), split, size,
+             time.perf_counter() - start, path, path.stat().st_size / 2**20)
+    return path
+
+
+class CachedImageDataset(Dataset):
+    """Items ``(uint8 [3, S, S], label)`` from a cache file; ``augment`` (PIL -> PIL) per image.
+
+    The memory map is opened lazily in each process, so pickling the dataset to a DataLoader worker
+    sends only the path.
+    """
+
+    def __init__(self, path: Path, labels: list[int], augment: Callable | None = None) -> None:
+        self.path = Path(path)
+        self.labels = list(labels)
+        self.augment = augment
+        self._pixels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pixels": None}
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._pixels is None:
+            self._pixels = np.load(self.path, mmap_mode="r")
+        pixels = self._pixels[i]  # [S, S, 3] view of the memory map
+        if self.augment is not None:
+            pixels = np.array(self.augment(Image.fromarray(pixels)))  # own, writable copy
+        else:
+            pixels = np.array(pixels)  # own, writable copy
+        return torch.from_numpy(pixels).permute(2, 0, 1), self.labels[i]  # [3, S, S]
+
+
+# --------------------------------------------------------------------------------------------
+# Augmentation: per image at the stored size, then per batch on the device
+# --------------------------------------------------------------------------------------------
+class SmallImageAugment:
+    """The recipe's per-image steps that run before the tensor conversion: timm RandAugment
+    (``adadf.data.transforms.randaugment``, translate_const scaled to the stored size) and the flip."""
+
+    def __init__(self, recipe: Recipe, stored_size: int) -> None:
+        scale = stored_size / recipe.resize
+        scaled = dataclasses.replace(recipe, translate_const=max(1, round(recipe.translate_const * scale)))
+        steps: list[Callable] = []
+        if recipe.randaugment:
+            steps.append(randaugment(scaled))
+        if recipe.flip_p > 0:
+            steps.append(T.RandomHorizontalFlip(recipe.flip_p))
+        self.transform = T.Compose(steps)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return self.transform(image)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.transform})"
+
+
+class ResizeNormalize:
+    """uint8 ``[N, 3, s, s]`` on any device -> float32 ``[N, 3, S, S]``, resized and normalised."""
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.size = int(size)
+        self.mean = tuple(float(m) * 255.0 for m in mean)
+        self.inv_std = tuple(1.0 / (float(s) * 255.0) for s in std)
+
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) == (self.size, self.size):
+            return images
+        if images.device.type == "cpu":  # uint8 in, uint8 out: torch's fast Pillow-style kernel
+            images = images.contiguous(memory_format=torch.channels_last)
+        else:
+            images = images.float()
+        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=True)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = images.shape
+        out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)  # NCHW, as the reference
+        out.copy_(images)
+        mean = torch.tensor(self.mean, device=images.device).view(1, c, 1, 1)
+        inv_std = torch.tensor(self.inv_std, device=images.device).view(1, c, 1, 1)
+        return out.sub_(mean).mul_(inv_std)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.resize(images))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size})"
+
+
+class ResizeNormalizeErase(ResizeNormalize):
+    """``ResizeNormalize`` then RandomErasing per image (torchvision's ``get_params``; value 0)."""
+
+    def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], erasing_p: float,
+                 erasing_scale: tuple[float, float], erasing_ratio: tuple[float, float] = ERASING_RATIO) -> None:
+        super().__init__(size, mean, std)
+        self.erasing_p = float(erasing_p)
+        self.erasing_scale = tuple(erasing_scale)
+        self.erasing_ratio = tuple(erasing_ratio)
+
+    def erase(self, images: torch.Tensor) -> torch.Tensor:
+        """In place; the rectangles are drawn on the CPU (torch's global RNG), no device sync."""
+        if self.erasing_p <= 0:
+            return images
+        h, w = images.shape[-2:]
+        for b in range(images.shape[0]):
+            if not torch.rand(1) < self.erasing_p:  # as T.RandomErasing.forward
+                continue
+            # get_params reads only the image's shape; it draws from the CPU RNG (no device sync)
+            i, j, eh, ew, _ = T.RandomErasing.get_params(images[b], scale=self.erasing_scale,
+                                                        ratio=self.erasing_ratio, value=[0.0])
+            if (eh, ew) != (h, w):  # (h, w) is get_params' "no rectangle fitted": leave the image
+                images[b, :, i:i + eh, j:j + ew] = 0.0
+        return images
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.erase(super().__call__(images))
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, erasing_p={self.erasing_p}, "
+                f"scale={self.erasing_scale}, ratio={self.erasing_ratio})")
+
+
+# --------------------------------------------------------------------------------------------
+# Builder (called by adadf.data.images.build_image_bundle for dataset.pipeline=fast)
+# --------------------------------------------------------------------------------------------
+def build_fast_bundle(
+    train_index: ImageIndex,
+    test_index: ImageIndex,
+    recipe: Recipe,
+    *,
+    batch_size: int,
+    num_workers: int,
+    loader_seed: int,
+    val_fraction: float = 0.0,
+    balanced: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    cache_size: int | None = None,
+) -> DataBundle:
+    """Loaders over the decoded caches with per-image augmentation at the stored size and the rest
+    of the recipe as batch transforms (see the module docstring).
+
+    Training uses ``num_workers`` workers (the per-image RandAugment); evaluation loaders read the
+    memory map in the training process (no per-image work left to parallelise).
+    """
+    if recipe.ten_crop or recipe.resize_mode != "square" or recipe.resize != recipe.image_size:
+        raise UserError(f"dataset.pipeline=fast: supports square-resize recipes (standard), not {recipe.name}; "
+                        "use dataset.pipeline=reference")
+    if cache_size is None:
+        cache_size = min(recipe.resize, native_size(train_index))
+    if not isinstance(cache_size, int) or cache_size < 8:
+        raise UserError(f"dataset.cache_size={cache_size}: expected an integer >= 8")
+    cache_root = None if cache_dir is None else Path(cache_dir).expanduser().resolve()
+    train_path = build_cache(train_index, cache_size, cache_root, "train")
+    test_path = build_cache(test_index, cache_size, cache_root, "test")
+    log.info("%d train / %d test images cached at %d px, recipe %s at %d px, fast pipeline",
+             len(train_index), len(test_index), cache_size, recipe.name, recipe.image_size)
+
+    labels = list(train_index.labels)
+    train_set: Dataset = CachedImageDataset(train_path, labels, SmallImageAugment(recipe, cache_size))
+    clean_train_set: Dataset = CachedImageDataset(train_path, labels)
+    test_set = CachedImageDataset(test_path, list(test_index.labels))
+    val_loader = None
+    if val_fraction > 0:
+        keep, held = stratified_split(labels, val_fraction, loader_seed)
+        val_loader = make_loader(Subset(clean_train_set, held), batch_size=batch_size, num_workers=0,
+                                 train=False, seed=loader_seed)
+        train_set, clean_train_set = Subset(train_set, keep), Subset(clean_train_set, keep)
+        labels = [labels[i] for i in keep]
+    sampler = None
+    if balanced:
+        from adadf.data.samplers import ClassBalancedSampler
+
+        sampler = ClassBalancedSampler(labels, len(train_index.class_names), seed=loader_seed,
+                                       class_names=train_index.class_names)
+    return DataBundle(
+        train_loader=make_loader(train_set, batch_size=batch_size, num_workers=num_workers, train=True,
+                                 seed=loader_seed, sampler=sampler),
+        test_loader=make_loader(test_set, batch_size=batch_size, num_workers=0, train=False, seed=loader_seed),
+        clean_train_loader=make_loader(clean_train_set, batch_size=batch_size, num_workers=0, train=False,
+                                       seed=loader_seed),
+        num_classes=len(train_index.class_names),
+        class_names=list(train_index.class_names),
+        val_loader=val_loader,
+        train_batch_transform=ResizeNormalizeErase(recipe.image_size, recipe.mean, recipe.std,
+                                                   recipe.erasing_p, recipe.erasing_scale),
+        eval_batch_transform=ResizeNormalize(recipe.image_size, recipe.mean, recipe.std),
+    )
+
+
+__all__ = [
+    "CachedImageDataset", "ResizeNormalize", "ResizeNormalizeErase", "SmallImageAugment", "build_cache",
+    "build_fast_bundle", "cache_key", "default_cache_dir",
+]

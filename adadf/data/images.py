@@ -1,0 +1,234 @@
+"""Image-file datasets: decoding, up-front checks, and the one builder every real dataset goes through.
+
+Readers (``raf``, ``affectnet``, ``sfew``, ``folder``) turn a dataset's native layout into two
+:class:`ImageIndex` splits; :func:`build_image_bundle` checks them and builds the loaders with the
+chosen pipeline:
+
+- ``reference``: per-image PIL decoding and torchvision/timm augmentation in DataLoader workers,
+  exactly the spec's recipe (:mod:`adadf.data.transforms`);
+- ``fast``: ``adadf.data.fast.build_fast_bundle`` (same arguments), when that module exists.
+
+Validation depth (``verify_images``), all before the first training step:
+- every split must be non-empty and every label in range;
+- every image file must exist (one directory listing per folder, so cheap even for AffectNet);
+- ``auto`` (default) also decodes every image of a split with at most ``AUTO_DECODE_LIMIT`` images
+  (RAF-DB, SFEW, AffectNet's val set: seconds); AffectNet's 280k-image train set is only checked for
+  existence, since decoding it takes minutes. ``decode`` decodes everything, ``exists`` nothing.
+An image that still fails to decode during training stops the run with one line naming the file
+(the last completed epoch's checkpoint stays).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Callable, Iterable
+
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from adadf.data.bundle import DataBundle, build_bundle
+from adadf.data.index import ImageIndex
+from adadf.data.samplers import ClassBalancedSampler
+from adadf.data.transforms import Recipe, eval_transform, train_transform
+from adadf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
+AUTO_DECODE_LIMIT = 20_000  # verify_images=auto decodes every image of a split up to this size
+PIPELINES = ("reference", "fast")
+VERIFY_MODES = ("auto", "decode", "exists")
+
+
+class UnreadableImage(UserError):
+    """An image file that cannot be decoded.
+
+    Raised inside a DataLoader worker, torch re-raises it in the main process as
+    ``UnreadableImage("Caught ... Original Traceback ... UnreadableImage: <message>")``; the
+    constructor keeps only that last line, so the user still sees one line, not a traceback.
+    """
+
+    def __init__(self, message: str) -> None:
+        if "Traceback" in message:
+            last = [line for line in message.strip().splitlines() if line.strip()][-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+# ------------------------------------------------------------------------------------ small helpers
+def resolve_root(root: str | os.PathLike | None, what: str) -> Path:
+    """``dataset.root`` as an absolute directory (relative paths against the launch directory)."""
+    if root is None or str(root).strip() == "":
+        raise UserError(f"dataset.root is not set: pass dataset.root=PATH to {what}")
+    try:  # Hydra's launch directory, even if hydra.job.chdir=true moved the cwd
+        from hydra.utils import to_absolute_path
+
+        path = Path(to_absolute_path(str(Path(root).expanduser())))
+    except ValueError:
+        path = Path(root).expanduser().absolute()
+    if not path.exists():
+        raise UserError(f"dataset.root={root}: no such directory ({path}); expected {what}")
+    if not path.is_dir():
+        raise UserError(f"dataset.root={root}: not a directory ({path}); expected {what}")
+    return path
+
+
+def is_image_name(name: str) -> bool:
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_dir(path: Path) -> list[str]:
+    """Names in ``path``, sorted; a missing directory is a UserError."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        raise UserError(f"{path}: directory not found") from None
+    except NotADirectoryError:
+        raise UserError(f"{path}: expected a directory, found a file") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot list directory ({err.strerror or err})") from None
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file as RGB: grayscale, palette, CMYK and RGBA are converted (alpha dropped)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode in ("P", "PA", "LA"):
+                image = image.convert("RGBA")
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise UnreadableImage(f"{path}: cannot read image ({_reason(err)})") from None
+
+
+def _reason(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _check_decodes(path: Path) -> None:
+    """Decode ``path`` fully (JPEGs at reduced DCT scale: the whole stream is still read)."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise UnreadableImage(f"{path}: cannot read image ({_reason(err)})") from None
+
+
+# ------------------------------------------------------------------------------------ dataset
+class ImageFileDataset(Dataset):
+    """``index``'s images decoded as RGB and passed through ``transform``; yields (tensor, label)."""
+
+    def __init__(self, index: ImageIndex, transform: Callable) -> None:
+        self.index = index
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        return self.transform(load_rgb(self.index.absolute(i))), self.index.labels[i]
+
+
+# ------------------------------------------------------------------------------------ validation
+def check_split(index: ImageIndex, split: str, verify_images: str = "auto", threads: int | None = None) -> None:
+    """Up-front checks of one split (see the module docstring); raises a one-line UserError."""
+    if verify_images not in VERIFY_MODES:
+        raise UserError(f"dataset.verify_images={verify_images}: expected one of {', '.join(VERIFY_MODES)}")
+    if len(index) == 0:
+        raise UserError(f"{index.root}: the {split} split is empty")
+    num_classes = len(index.class_names)
+    for path, label in zip(index.paths, index.labels):
+        if not (isinstance(label, int) and 0 <= label < num_classes):
+            raise UserError(f"{index.root / path}: label {label!r} out of range 0..{num_classes - 1} ({split} split)")
+    check_exist(index.root, index.paths, split)
+    decode = verify_images == "decode" or (verify_images == "auto" and len(index) <= AUTO_DECODE_LIMIT)
+    if decode:
+        start = time.perf_counter()
+        paths = [index.root / p for p in index.paths]
+        threads = threads or min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
+        with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
+            for _ in pool.map(_check_decodes, paths, chunksize=64):
+                pass
+        log.info("decoded all %d %s images in %.1f s", len(paths), split, time.perf_counter() - start)
+    else:
+        log.info("%s split: %d images exist (not decoded up front; dataset.verify_images=decode checks them)",
+                 split, len(index))
+
+
+def check_exist(root: Path, paths: Iterable[str], split: str) -> None:
+    """Every ``root / path`` is an existing file: one listing per directory, not one stat per file."""
+    listings: dict[str, set[str]] = {}
+    for rel in paths:
+        parent, _, name = rel.rpartition("/")
+        if parent not in listings:
+            try:
+                listings[parent] = set(os.listdir(root / parent))
+            except OSError:
+                listings[parent] = set()
+        if name not in listings[parent]:
+            raise UserError(f"{root / rel}: image not found ({split} split)")
+
+
+# ------------------------------------------------------------------------------------ the builder
+def build_image_bundle(
+    train_index: ImageIndex,
+    test_index: ImageIndex,
+    recipe: Recipe,
+    *,
+    pipeline: str = "reference",
+    batch_size: int,
+    num_workers: int,
+    loader_seed: int,
+    val_fraction: float = 0.0,
+    balanced: bool = False,
+    verify_images: str = "auto",
+) -> DataBundle:
+    """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here).
+
+    ``balanced`` uses :class:`ClassBalancedSampler` for training; ``val_fraction`` holds out a
+    stratified part of the training split as validation (``build_bundle``).
+    """
+    if pipeline not in PIPELINES:
+        raise UserError(f"dataset.pipeline={pipeline}: expected one of {', '.join(PIPELINES)}")
+    if train_index.class_names != test_index.class_names:
+        raise UserError(f"{test_index.root}: train and test class lists differ")
+    check_split(train_index, "train", verify_images)
+    check_split(test_index, "test", verify_images)
+    common = dict(batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
+                  val_fraction=val_fraction, balanced=balanced)
+    if pipeline == "fast":
+        try:
+            from adadf.data.fast import build_fast_bundle
+        except ModuleNotFoundError as err:
+            if err.name != "adadf.data.fast":
+                raise
+            raise UserError("dataset.pipeline=fast: not available in this version of adadf "
+                            "(use dataset.pipeline=reference)") from None
+        return build_fast_bundle(train_index, test_index, recipe, **common)
+
+    log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
+             len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
+             recipe.num_crops, "s" if recipe.num_crops > 1 else "")
+    sampler = None
+    if balanced:
+        sampler = partial(ClassBalancedSampler, num_classes=len(train_index.class_names), seed=loader_seed,
+                          class_names=train_index.class_names)
+    return build_bundle(
+        train_set=ImageFileDataset(train_index, train_transform(recipe)),
+        test_set=ImageFileDataset(test_index, eval_transform(recipe)),
+        clean_train_set=ImageFileDataset(train_index, eval_transform(recipe)),
+        train_labels=train_index.labels,
+        class_names=list(train_index.class_names),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        loader_seed=loader_seed,
+        val_fraction=val_fraction,
+        train_sampler=sampler,
+        num_crops=recipe.num_crops,
+    )

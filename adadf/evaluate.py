@@ -1,0 +1,155 @@
+"""Evaluate a trained checkpoint on a dataset's test split.
+
+    python -m adadf.evaluate checkpoint=outputs/.../checkpoints/best.pt      # its own dataset
+    python -m adadf.evaluate checkpoint=model_best.pth.tar dataset=raf dataset.root=PATH
+    adadf-eval checkpoint=... logger=wandb                                  # also to W&B
+
+Writes into the output dir (``hydra.run.dir``, default ``outputs/eval/<date>/<time>``):
+``eval_summary.json`` (overall, mean-class and per-class accuracy), ``per_class_acc.csv``,
+``confusion_matrix.csv`` (rows: true class, columns: predicted class) and ``confusion_matrix.png``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from adadf.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def write_confusion_csv(confusion: torch.Tensor, names: Sequence[str], path: Path) -> None:
+    """confusion [C, C] int counts; row = true class, column = predicted class."""
+    import pandas as pd
+
+    from adadf.tracking.files import write_text_atomic
+
+    frame = pd.DataFrame(confusion.tolist(), index=list(names), columns=list(names))
+    frame.index.name = "true \\ predicted"
+    write_text_atomic(path, frame.to_csv())
+
+
+def plot_confusion(confusion: torch.Tensor, names: Sequence[str], path: Path, title: str = "") -> None:
+    """A PNG of the confusion matrix: colour = share of the true class (row-normalised), text = counts."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    counts = confusion.to(torch.float64)
+    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)  # [C, C]
+    c = len(names)
+    side = max(4.0, 0.6 * c + 2.0)
+    fig = Figure(figsize=(side + 1.0, side))
+    ax = fig.add_subplot()
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xticks(range(c), labels=list(names), rotation=45, ha="right")
+    ax.set_yticks(range(c), labels=list(names))
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    for i in range(c):
+        for j in range(c):
+            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def write_report(result: Any, names: Sequence[str], out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """Write the evaluation files into ``out_dir``; returns the summary written to eval_summary.json.
+
+    ``result`` is an :class:`adadf.engine.loop.EvalResult` (accuracies in percent).
+    """
+    import json
+
+    import pandas as pd
+
+    from adadf.tracking.files import write_text_atomic
+
+    confusion = result.confusion
+    support = confusion.sum(1).tolist()
+    per_class = pd.DataFrame({
+        "class": list(names), "support": support, "correct": confusion.diag().tolist(),
+        "accuracy": result.per_class_acc,
+    })
+    write_text_atomic(out_dir / "per_class_acc.csv", per_class.to_csv(index=False))
+    write_confusion_csv(confusion, names, out_dir / "confusion_matrix.csv")
+    plot_confusion(confusion, names, out_dir / "confusion_matrix.png",
+                   title=f"acc {result.acc:.2f}%  mean-class {result.mean_class_acc:.2f}%")
+    summary = {
+        **info,
+        "num_images": int(confusion.sum()),
+        "acc": result.acc,
+        "mean_class_acc": result.mean_class_acc,
+        "per_class_acc": dict(zip(names, result.per_class_acc)),
+    }
+    write_text_atomic(out_dir / "eval_summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """The composition root of the command: checkpoint + dataset -> metrics files (+ W&B)."""
+    from adadf import inference
+    from adadf.config import instantiate_node
+    from adadf.engine.loop import StepContext, evaluate
+    from adadf.train import resolve_device
+
+    if cfg.checkpoint is None:
+        raise UserError("checkpoint: missing; expected checkpoint=PATH (an adadf .pt or an Ada-DF .pth.tar)")
+    checkpoint = inference.read_checkpoint(cfg.checkpoint)
+    dataset = inference.dataset_config(checkpoint, cfg.get("dataset"), "python -m adadf.evaluate")
+    train_seed = int((checkpoint.config or {}).get("seed", 0))
+    data = instantiate_node(OmegaConf.create(dataset), "dataset", loader_seed=train_seed)
+    if checkpoint.class_names is not None and checkpoint.class_names != list(data.class_names):
+        raise UserError(
+            f"{checkpoint.path}: trained on classes {checkpoint.class_names} but the dataset has "
+            f"{list(data.class_names)}; expected the same classes in the same order"
+        )
+    device = resolve_device(str(cfg.device))
+    backbone = cfg.backbone.name if cfg.get("backbone") else None
+    model = inference.load_model(checkpoint, data.num_classes, backbone, device)
+    ctx = StepContext(device=device, progress=bool(cfg.progress))
+    result = evaluate(model, data.test_loader, data.num_classes, ctx, batch_transform=data.eval_batch_transform)
+
+    info = {"checkpoint": str(checkpoint.path), "format": checkpoint.format, "epoch": checkpoint.epoch,
+            "dataset": dataset.get("_target_"), "dataset_root": dataset.get("root")}
+    summary = write_report(result, data.class_names, out_dir, info)
+    log.info("%s on %s: acc %.2f%%, mean-class %.2f%% (%d images); results in %s", checkpoint.path.name,
+             dataset.get("_target_"), result.acc, result.mean_class_acc, summary["num_images"], out_dir)
+
+    logger_cfg = cfg.logger
+    extra = {"job_type": "eval", "name": cfg.logger.get("name") or f"eval-{checkpoint.path.stem}"}
+    logger_cfg = OmegaConf.merge(logger_cfg, {k: v for k, v in extra.items() if k in logger_cfg})
+    logger = instantiate_node(logger_cfg, "logger")
+    logger.start(out_dir, {"evaluate": OmegaConf.to_container(cfg, resolve=True), "dataset": dataset})
+    try:
+        logger.log_summary({"test/acc": result.acc, "test/mean_class_acc": result.mean_class_acc,
+                            "test/num_images": summary["num_images"]})
+        logger.log_evaluation(result.per_class_acc, result.confusion, data.class_names, prefix="test")
+        logger.log_file(out_dir / "confusion_matrix.png", "confusion-matrix", "evaluation")
+    finally:
+        logger.finish()
+    return summary
+
+
+def output_dir() -> Path:
+    from adadf.train import run_dir
+
+    return run_dir()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+def main(cfg: DictConfig) -> float:
+    """``python -m adadf.evaluate`` / ``adadf-eval``; returns the overall accuracy."""
+    return evaluate_checkpoint(cfg, output_dir())["acc"]
+
+
+if __name__ == "__main__":
+    main()

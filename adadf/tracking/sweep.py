@@ -1,0 +1,306 @@
+"""Multirun sweeps: jobs that fail without stopping the sweep, and the sweep's results table.
+
+- ``run_job`` is what ``run.py`` runs for each job. In a multirun a failed job is recorded
+  (``summary.json`` status ``failed`` with the error) and the sweep goes on: Hydra's basic sweeper
+  would re-raise the first failure after the batch and skip the end-of-sweep callbacks.
+- ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in conf/config.yaml) writes
+  ``sweep_summary.csv`` (one row per job) and ``sweep_summary_by_setting.csv`` (jobs that differ
+  only by seed, as mean and std) into the sweep dir, prints the table, and exits non-zero if any
+  job failed.
+- ``python -m adadf.tracking.sweep <sweep dir>`` rebuilds both files and the table for any sweep dir
+  (for example while it runs, or after a SLURM sweep was cancelled).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from adadf.errors import UserError
+from adadf.tracking.files import RunFiles, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+JOB_CSV = "sweep_summary.csv"
+SETTING_CSV = "sweep_summary_by_setting.csv"
+SEED_KEYS = ("seed",)
+# Accuracy columns of the table: summary.json key -> printed label.
+METRICS = {
+    "best_acc": "best test acc [ref]",
+    "test_acc_at_best_val": "test acc @ best val [honest]",
+    "final_acc": "final test acc",
+    "best_mean_class_acc": "best mean-class acc",
+}
+LEGEND = (
+    "[ref]    the reference's figure: the highest test accuracy over all epochs (the epoch is\n"
+    "         picked on the test set, so it is optimistic)\n"
+    "[honest] test accuracy at the epoch with the best validation accuracy (dataset.val_fraction > 0\n"
+    "         holds out a stratified part of the training set for validation)"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inside each job
+# ---------------------------------------------------------------------------------------------
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def sweep_group() -> str | None:
+    """The W&B group of a multirun job, None outside a multirun.
+
+    Named after the sweep dir's last two parts (``multirun/fusion_grid/2026-01-01_10-00-00`` ->
+    ``fusion_grid-2026-01-01_10-00-00``), so all jobs of one sweep share it and two sweeps do not.
+    """
+    if not in_multirun():
+        return None
+    parts = Path(HydraConfig.get().sweep.dir).resolve().parts[-2:]
+    return "-".join(parts)[-128:]  # W&B's limit on group names
+
+
+def sweep_tags() -> list[str]:
+    """W&B tags a multirun job adds to ``logger.tags``: ``multirun`` and the sweep config's name."""
+    if not in_multirun():
+        return []
+    choice = HydraConfig.get().runtime.choices.get("sweep")
+    return ["multirun"] + ([str(choice)] if choice else [])
+
+
+def objective(summary: dict[str, Any]) -> float | None:
+    """What a job returns to the sweeper (Optuna maximises it): the best validation accuracy when
+    there is a validation split (``dataset.val_fraction`` > 0), else the best test accuracy."""
+    value = summary.get("best_val_acc")
+    return summary.get("best_acc") if value is None else value
+
+
+def _summary_stamp(path: Path) -> tuple[bool, int]:
+    return (True, path.stat().st_mtime_ns) if path.exists() else (False, 0)
+
+
+def run_job(train: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
+    """Run ``train(cfg)`` and return the objective.
+
+    Outside a multirun errors propagate (a ``UserError`` exits with one line). In a multirun a
+    failure is logged and recorded in the job's ``summary.json`` (``status: failed``, ``error``),
+    and the job returns None so the sweep goes on; ``SweepSummary`` exits non-zero at the end.
+    Ctrl-C (or SIGTERM) stops the whole sweep, after the job has saved its state.
+    """
+    if not in_multirun():
+        return objective(train(cfg))
+    from adadf.train import RunInterrupted, run_dir
+
+    files = RunFiles(run_dir())
+    started, before = time.time(), _summary_stamp(files.summary)
+    try:
+        return objective(train(cfg))
+    except RunInterrupted as err:
+        raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
+                         f"{HydraConfig.get().sweep.dir}") from None
+    except Exception as err:  # noqa: BLE001 - any failure of one job is recorded, the sweep goes on
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        message = message if isinstance(err, UserError) else f"{type(err).__name__}: {message}"
+        if isinstance(err, UserError):
+            log.error("job failed: %s", message)
+        else:
+            log.exception("job failed")
+        written = _summary_stamp(files.summary) != before and files.read_summary()  # by train()
+        summary = written or {"best_acc": None, "best_epoch": None, "final_acc": None,
+                              "best_mean_class_acc": None, "epochs_completed": 0,
+                              "wall_time_s": time.time() - started}
+        summary.update(status="failed", error=message)
+        files.write_summary(summary)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep's table
+# ---------------------------------------------------------------------------------------------
+def _split_override(override: str) -> tuple[str, str]:
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def find_jobs(sweep_dir: Path) -> list[Path]:
+    """Job dirs under ``sweep_dir`` (those with Hydra's ``.hydra/overrides.yaml`` or a
+    ``summary.json``), in job order."""
+    dirs = {p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")}
+    dirs |= {p.parent for p in sweep_dir.rglob("summary.json")}
+
+    def order(job: Path) -> tuple[int, str]:
+        name = job.relative_to(sweep_dir).as_posix()
+        return (int(name), name) if name.isdigit() else (sys.maxsize, name)
+
+    return sorted(dirs, key=order)
+
+
+def _read_overrides(job: Path) -> list[str]:
+    import yaml
+
+    path = job / ".hydra" / "overrides.yaml"
+    try:
+        return [str(o) for o in yaml.safe_load(path.read_text()) or []]
+    except (OSError, yaml.YAMLError):
+        return []
+
+
+def job_table(sweep_dir: Path, seed_keys: Sequence[str] = SEED_KEYS):
+    """One row per job: ``job``, ``overrides``, one column per override key that varies across
+    jobs, ``setting`` (those keys minus the seed keys), ``status``, and the summary figures.
+
+    ``status`` is ``missing`` for a job without a summary.json (still running, or killed).
+    """
+    import pandas as pd
+
+    rows = []
+    for job in find_jobs(sweep_dir):
+        overrides = _read_overrides(job)
+        summary = RunFiles(job).read_summary() or {"status": "missing"}
+        row = {"job": job.relative_to(sweep_dir).as_posix(), "overrides": " ".join(overrides)}
+        row |= {f"override:{k}": v for k, v in map(_split_override, overrides)}
+        row |= {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    override_cols = [c for c in frame if c.startswith("override:")]
+    varying = [c for c in override_cols if frame[c].astype(str).nunique(dropna=False) > 1]
+    frame = frame.drop(columns=[c for c in override_cols if c not in varying])
+    frame = frame.rename(columns={c: c.removeprefix("override:") for c in varying})
+    keys = [c.removeprefix("override:") for c in varying if c.removeprefix("override:") not in seed_keys]
+    frame["setting"] = [
+        " ".join(f"{k}={row[k]}" for k in keys if isinstance(row[k], str)) or "(all jobs)"
+        for _, row in frame.iterrows()
+    ]
+    first = ["job", "overrides", *[k.removeprefix("override:") for k in varying], "setting", "status"]
+    metrics = [c for c in METRICS if c in frame]
+    frame = frame[first + metrics + [c for c in frame if c not in first + metrics]]
+    return frame
+
+
+def setting_table(jobs):
+    """Jobs grouped by setting (their overrides minus the seed): completed and failed counts, and
+    mean and sample std of each accuracy over the completed jobs."""
+    import pandas as pd
+
+    rows = []
+    for setting, group in jobs.groupby("setting", sort=False):
+        done = group[group["status"] == "completed"]
+        row: dict[str, Any] = {"setting": setting, "jobs": len(group), "completed": len(done),
+                               "failed": len(group) - len(done)}
+        for key in METRICS:
+            if key in group:
+                values = pd.to_numeric(done[key], errors="coerce").dropna()
+                row[f"{key}_mean"] = values.mean() if len(values) else math.nan
+                row[f"{key}_std"] = values.std() if len(values) > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _mean_std(mean: float, std: float) -> str:
+    if mean != mean:  # NaN: nothing completed
+        return "-"
+    return f"{mean:.2f}" if std != std else f"{mean:.2f} ± {std:.2f}"
+
+
+def _short_numbers(text: str) -> str:
+    """``fusion.threshold=0.7469660767672961`` -> ``fusion.threshold=0.747`` (for display only)."""
+    return re.sub(r"\d+\.\d{4,}", lambda m: f"{float(m.group()):.3g}", text)
+
+
+def _text_table(columns: dict[str, Sequence[Any]]) -> list[str]:
+    """Plain-text table: the first column left-aligned, the others right-aligned."""
+    cells = [[str(v) for v in values] for values in columns.values()]
+    widths = [max([len(name), *map(len, col)]) for name, col in zip(columns, cells)]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    return [line(list(columns)), *(line(row) for row in zip(*cells))]
+
+
+def format_table(sweep_dir: Path, jobs, settings) -> str:
+    """The printed table: one line per setting, accuracies as mean ± std over its seeds."""
+    failed = jobs[jobs["status"] != "completed"]
+    shown: dict[str, Sequence[Any]] = {"setting": [_short_numbers(s) for s in settings["setting"]],
+                                       "jobs": settings["jobs"], "failed": settings["failed"]}
+    honest = "test_acc_at_best_val_mean" in settings and settings["test_acc_at_best_val_mean"].notna().any()
+    for key, label in METRICS.items():
+        if f"{key}_mean" in settings and (honest or key != "test_acc_at_best_val"):
+            shown[label] = [_mean_std(m, s) for m, s in zip(settings[f"{key}_mean"], settings[f"{key}_std"])]
+    legend = LEGEND.splitlines()
+    lines = [
+        f"sweep {sweep_dir}: {len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed",
+        *_text_table(shown),
+        "accuracies in %, mean ± std over the completed jobs of a setting (its seeds)",
+        *(legend if honest else legend[:2] + ["[honest] not measured: add dataset.val_fraction=0.1 for "
+                                              "test accuracy at the best validation epoch"]),
+    ]
+    for _, job in failed.iterrows():
+        error = job.get("error")
+        lines.append(f"{job['status']}: job {job['job']} ({job['overrides']})"
+                     + (f": {error}" if isinstance(error, str) else ""))
+    return "\n".join(lines)
+
+
+def summarize_sweep(sweep_dir: str | Path, seed_keys: Sequence[str] = SEED_KEYS, echo: bool = True):
+    """Write ``sweep_summary.csv`` and ``sweep_summary_by_setting.csv`` into ``sweep_dir``, print
+    the table (``echo``), and return the per-job table."""
+    sweep_dir = Path(sweep_dir)
+    jobs = job_table(sweep_dir, seed_keys)
+    if jobs.empty:
+        raise UserError(f"{sweep_dir}: no job dirs (with .hydra/overrides.yaml or summary.json) found")
+    settings = setting_table(jobs)
+    write_text_atomic(sweep_dir / JOB_CSV, jobs.to_csv(index=False))
+    write_text_atomic(sweep_dir / SETTING_CSV, settings.to_csv(index=False))
+    if echo:  # the command's output (the table), not a log message
+        sys.stdout.write(format_table(sweep_dir, jobs, settings) + "\n")
+        sys.stdout.flush()
+    return jobs
+
+
+class SweepSummary(Callback):
+    """Hydra callback: at the end of every multirun, the sweep's table; non-zero exit if a job failed."""
+
+    def __init__(self, seed_keys: Sequence[str] = SEED_KEYS) -> None:
+        self.seed_keys = tuple(seed_keys)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = summarize_sweep(sweep_dir, self.seed_keys)
+        failed = int((jobs["status"] != "completed").sum())
+        if failed:
+            # SystemExit passes Hydra's callback wrapper (which only warns on exceptions).
+            raise SystemExit(f"{failed} of {len(jobs)} jobs failed (see {sweep_dir / JOB_CSV})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m adadf.tracking.sweep",
+        description=f"Rebuild {JOB_CSV} and {SETTING_CSV} of a sweep dir and print its table.",
+    )
+    parser.add_argument("sweep_dir", type=Path, help="a multirun's sweep dir (hydra.sweep.dir)")
+    parser.add_argument("--seed-keys", nargs="+", default=list(SEED_KEYS),
+                        help="override keys that only change the seed (default: seed)")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.exit(2, f"{args.sweep_dir}: not a directory\n")
+    try:
+        summarize_sweep(args.sweep_dir, args.seed_keys)
+    except UserError as err:
+        parser.exit(2, f"{err}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
