@@ -162,10 +162,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ctx.stop = distributed.AgreedStopFlag(stop) if world.enabled else stop
             trainer.fit()
         status, exit_code = "completed", 0
-    except StopRequested as stopped:
+    except (StopRequested, KeyboardInterrupt) as stopped:  # KeyboardInterrupt: a second Ctrl-C
         status = "interrupted"
         raise RunInterrupted(
-            f"stopped by {stopped.signame} after epoch {trainer.progress.epoch}; "
+            f"stopped by {getattr(stopped, 'signame', 'SIGINT')} after epoch {trainer.progress.epoch}; "
             f"continue with trainer.resume=auto hydra.run.dir={files.run_dir}"
         ) from None
     finally:

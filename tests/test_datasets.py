@@ -77,7 +77,8 @@ def test_raf_index(data):
     assert train.class_names == ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
     assert train.class_counts() == [2] * 7 and test.class_counts() == [1] * 7
     lines = [line.split() for line in (root / "EmoLabel/list_patition_label.txt").read_text().splitlines()]
-    expected_train = [(f"Image/aligned/{n[:-4]}_aligned.jpg", int(label) - 1) for n, label in lines if n.startswith("train")]
+    expected_train = [(f"Image/aligned/{n[:-4]}_aligned.jpg", int(label) - 1)
+                      for n, label in lines if n.startswith("train")]
     assert list(zip(train.paths, train.labels)) == expected_train  # label-file order, labels 0-based
     assert train.paths[0] == "Image/aligned/train_00001_aligned.jpg"
     assert test.paths[0] == "Image/aligned/test_0001_aligned.jpg"
@@ -443,7 +444,8 @@ def test_folder_bad_inputs(data, tmp_path):
     for text, needles in [
         ("file,label\nimages/train_000.jpg,cat\n", [f"{bad}:1:", "header"]),
         ("path,label\nimages/train_000.jpg,cat\nimages/train_001.jpg\n", [f"{bad}:3:", "expected 'path,label'"]),
-        ("path,label\nimages/train_000.jpg,cat\nimages/nope.jpg,dog\n", ["images/nope.jpg: image not found", f"{bad}:3"]),
+        ("path,label\nimages/train_000.jpg,cat\nimages/nope.jpg,dog\n",
+         ["images/nope.jpg: image not found", f"{bad}:3"]),
         ("path,label\n", [str(bad), "split is empty"]),
     ]:
         bad.write_text(text)

@@ -21,9 +21,13 @@ import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from torch.utils.data import TensorDataset
 
 from adadf.engine.checkpoint import load_checkpoint, save_atomic
+from adadf.engine.interrupt import StopFlag
 from adadf.engine.loop import NonFiniteLoss
+from adadf.data.bundle import make_loader
+from adadf.engine.trainer import Trainer, _reseed
 from adadf.errors import UserError
 from adadf.train import RunInterrupted, train
 from conftest import CONF, FAST, ROOT, cli_env
@@ -125,6 +129,29 @@ def test_resume_equals_straight_run(straight: Path, tmp_path: Path, cache_dir: P
     pd.testing.assert_frame_equal(metrics_without_timing(straight), metrics_without_timing(elsewhere))
 
 
+def epoch_orders(loader, epochs: range, seed: int = 0) -> list[list[int]]:
+    """The sample order of each epoch in ``epochs``, reseeded as the trainer does."""
+    orders = []
+    for epoch in epochs:
+        _reseed(loader, seed, epoch, 0)
+        orders.append(torch.cat([batch for (batch,) in loader]).tolist())
+    return orders
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_shuffle_order_is_a_function_of_the_epoch(num_workers: int):
+    """With persistent workers, a loader that already served an epoch and a fresh one (a resumed
+    run) must shuffle the next epoch alike."""
+    def loader():
+        return make_loader(TensorDataset(torch.arange(24)), batch_size=8, num_workers=num_workers, train=True,
+                           seed=0, pin_memory=False)
+
+    straight = epoch_orders(loader(), range(1, 4))
+    resumed = epoch_orders(loader(), range(2, 4))
+    assert straight[1:] == resumed
+    assert straight[0] != straight[1]  # epochs do differ
+
+
 def test_seeded_runs_are_identical(straight: Path, tmp_path: Path, cache_dir: Path):
     again = train_here(tmp_path / "again", cache_dir, "trainer.epochs=2")
     assert again["epochs_completed"] == 2
@@ -217,6 +244,25 @@ def test_sigint_stops_cleanly(tmp_path: Path, cache_dir: Path):
     assert summary["status"] == "interrupted" and summary["epochs_completed"] == 1
     assert load_checkpoint(last)["epoch"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_second_ctrl_c_stops_at_once_and_is_still_an_interrupt(tmp_path: Path, cache_dir: Path, monkeypatch):
+    with StopFlag() as flag:
+        os.kill(os.getpid(), signal.SIGINT)  # first: only noted, the loop stops at the next batch
+        assert flag.signame == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # second: raised wherever the run is
+            time.sleep(1)  # (the handler runs between bytecodes; never reaches the end)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def fit_interrupted_at_once(self):
+        raise KeyboardInterrupt  # what the second Ctrl-C raises inside Trainer.fit
+
+    monkeypatch.setattr(Trainer, "fit", fit_interrupted_at_once)
+    with pytest.raises(RunInterrupted) as err:
+        train_here(tmp_path / "run", cache_dir, "trainer.epochs=2")
+    assert "SIGINT" in str(err.value) and "trainer.resume=auto" in str(err.value) and "\n" not in str(err.value)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "interrupted"
 
 
 # ---------------------------------------------------------------------------- atomic checkpoints

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import struct
 from pathlib import Path
 
@@ -84,7 +83,7 @@ def assert_one_failed_job_recorded(proc, sweep_dir: Path, bad_key: str) -> None:
     table = pd.read_csv(sweep_dir / sweep_mod.JOB_CSV)
     assert table["status"].tolist() == ["failed", "completed"]
     assert bad_key in table["error"].iloc[0]
-    assert f"failed: job 0 (" in proc.stdout
+    assert "failed: job 0 (" in proc.stdout
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,4 +242,4 @@ def test_rebuild_command_rejects_a_dir_without_jobs(tmp_path: Path):
 def test_objective_prefers_validation_accuracy():
     assert sweep_mod.objective({"best_acc": 80.0}) == 80.0
     assert sweep_mod.objective({"best_acc": 80.0, "best_val_acc": 75.0}) == 75.0
-    assert math.isnan(sweep_mod.objective({"best_acc": math.nan}))
+    assert sweep_mod.objective({"best_acc": None, "status": "failed"}) is None

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import RandomSampler
 
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
@@ -58,6 +59,10 @@ def _reseed(loader: Any, seed: int, epoch: int, salt: int) -> None:
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch * 2 + salt)
+    if isinstance(sampler, RandomSampler):
+        # Its own stream: the loader's generator also seeds workers, but only when a (persistent)
+        # worker iterator is created, so sharing it made the order depend on the run's history.
+        sampler.generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch * 2 + salt)
     generator = getattr(loader, "generator", None)
     if generator is not None:
         generator.manual_seed(seed * 1_000_003 + epoch * 2 + salt)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import re
@@ -108,8 +107,9 @@ def run_job(train: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
                          f"{HydraConfig.get().sweep.dir}") from None
     except Exception as err:  # noqa: BLE001 - any failure of one job is recorded, the sweep goes on
-        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        message = message if isinstance(err, UserError) else f"{type(err).__name__}: {message}"
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        kind = "" if isinstance(err, UserError) else type(err).__name__
+        message = ": ".join(part for part in (kind, first_line) if part)
         if isinstance(err, UserError):
             log.error("job failed: %s", message)
         else:
