@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adadf.errors import UserError
+
+if TYPE_CHECKING:
+    from adadf.engine.loop import EvalResult
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +65,9 @@ def plot_confusion(confusion: torch.Tensor, names: Sequence[str], path: Path, ti
     fig.savefig(path, dpi=120)
 
 
-def write_report(result: Any, names: Sequence[str], out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
+def write_report(result: EvalResult, names: Sequence[str], out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Write the evaluation files into ``out_dir``; returns the summary written to eval_summary.json.
-
-    ``result`` is an :class:`adadf.engine.loop.EvalResult` (accuracies in percent).
-    """
+    Accuracies in percent, as everywhere in adadf."""
     import json
 
     import pandas as pd
@@ -129,13 +130,15 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     logger_cfg = OmegaConf.merge(logger_cfg, {k: v for k, v in extra.items() if k in logger_cfg})
     logger = instantiate_node(logger_cfg, "logger")
     logger.start(out_dir, {"evaluate": OmegaConf.to_container(cfg, resolve=True), "dataset": dataset})
+    exit_code = 1
     try:
         logger.log_summary({"test/acc": result.acc, "test/mean_class_acc": result.mean_class_acc,
                             "test/num_images": summary["num_images"]})
         logger.log_evaluation(result.per_class_acc, result.confusion, data.class_names, prefix="test")
         logger.log_file(out_dir / "confusion_matrix.png", "confusion-matrix", "evaluation")
+        exit_code = 0
     finally:
-        logger.finish()
+        logger.finish(exit_code)
     return summary
 
 

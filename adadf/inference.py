@@ -14,7 +14,6 @@ A pretrained ResNet file (no classifier for our classes) is refused: it is not a
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,6 @@ from PIL import Image
 from adadf.errors import UserError
 from adadf.models import AdaDF, build_model, load_state_file
 from adadf.models.checkpoints import is_adadf_checkpoint, is_reference_state
-
-log = logging.getLogger(__name__)
 
 # Keys of the ``dataset`` node in eval.yaml / predict.yaml that may override the checkpoint's dataset
 # without naming a dataset group (``???`` there means "keep the checkpoint's value").
