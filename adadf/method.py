@@ -52,7 +52,7 @@ class AdaDFMethod:
             margin=p.margin,
             label_smoothing=p.label_smoothing,
             num_images=num_images,
-            detach_target=p.detach_target,
+            detach_target=bool(p.detach_target),
             alpha=p.alpha,
         )
 

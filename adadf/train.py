@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from adadf.config import instantiate_node, validate_config
-from adadf.config.schema import TrainerConfig
+from adadf.config.schema import TrainerConfig, resolve_detach_target
 from adadf.engine import distributed
 from adadf.engine.checkpoint import load_checkpoint, seed_everything
 from adadf.engine.interrupt import StopFlag, StopRequested
@@ -114,6 +114,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     model = model.to(device)
     if params.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    fusion_params = resolve_detach_target(fusion_params, cfg.backbone.get("checkpoint"))
+    if fusion_params.detach_target and cfg.fusion.detach_target is None:
+        log.info("fusion.detach_target=auto -> true: no backbone.checkpoint, training from scratch")
     method = AdaDFMethod(fusion_params, data.num_classes)
     if imported_dist is not None:
         method.load_state_dict({"class_dist": imported_dist})
@@ -128,6 +131,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         seed_everything(rank_seed)
 
     config = OmegaConf.to_container(cfg, resolve=True)
+    config["fusion"]["detach_target"] = fusion_params.detach_target  # W&B and checkpoints: the value used
     logger_cfg = cfg.logger
     if "name" in logger_cfg and logger_cfg.name is None:
         logger_cfg = OmegaConf.merge(logger_cfg, {"name": default_run_name(cfg)})

@@ -23,8 +23,13 @@ warm-up batch:
 - peak memory: CUDA ``max_memory_allocated``, or on the CPU this process's peak RSS (VmHWM, reset
   per phase) plus the workers' RSS.
 
-Model only: ``train_one_epoch`` over batches already augmented and on the device (the same for all
-pipelines). The ratio end-to-end / model-only says how much the input pipeline slows training.
+- model only: ``train_one_epoch`` over batches already augmented and on the device. Model-only and
+  end-to-end blocks alternate (two rounds), so that their ratio (how much the input pipeline slows
+  training) compares measurements under the same machine load; before every timed block the
+  batches the workers prefetched meanwhile are thrown away, so no block gets them for free.
+
+CPU-only machines: run it when the machine is otherwise idle (the load average is printed with
+every run); the CPU figures of a shared machine drift with the other jobs.
 """
 from __future__ import annotations
 
@@ -130,8 +135,8 @@ class Meter:
             torch.cuda.synchronize(self.device)
 
     def _cpu(self) -> dict[int, float]:
-        pid = os.getpid()
-        return {p: _proc_cpu_s(p) for p in [pid, *_children(pid)]}
+        pid = os.getpid()  # this process: the precise clock; workers: /proc (clock ticks)
+        return {pid: time.process_time(), **{p: _proc_cpu_s(p) for p in _children(pid)}}
 
     def __exit__(self, *exc: object) -> None:
         self._sync()
@@ -150,19 +155,38 @@ class Meter:
 
 
 class Batches:
-    """Batches from one loader iterator kept across measurements (restarted when an epoch ends),
-    so that workers are started once and no prefetched batch is thrown away."""
+    """Batches from one loader iterator kept across measurements.
 
-    def __init__(self, loader: Iterable) -> None:
+    ``ready(n)`` starts a new epoch's iterator (untimed) when fewer than ``n`` batches are left, so a
+    timed block never includes worker start-up; ``drain()`` throws away what the workers prefetched
+    while nothing consumed them, so a timed block starts from an empty queue, as in steady training.
+    """
+
+    def __init__(self, loader: Any) -> None:
         self.loader = loader
-        self.it = iter(loader)
+        self.prefetch = (getattr(loader, "prefetch_factor", None) or 0) * getattr(loader, "num_workers", 0)
+        self.it: Any = None
+        self.left = 0
+
+    def ready(self, n: int) -> None:
+        if self.left < n + self.prefetch + 1:
+            self.it, self.left = iter(self.loader), len(self.loader)
+            self.take_untimed(1)  # workers started
+
+    def take_untimed(self, n: int) -> None:
+        for _ in self.take(n):
+            pass
+
+    def drain(self) -> None:
+        self.take_untimed(self.prefetch)
 
     def take(self, n: int) -> Iterable:
         for _ in range(n):
+            self.left -= 1
             try:
                 yield next(self.it)
-            except StopIteration:
-                self.it = iter(self.loader)
+            except StopIteration:  # an epoch shorter than the block: go on into the next one
+                self.it, self.left = iter(self.loader), len(self.loader) - 1
                 yield next(self.it)
 
 
@@ -222,7 +246,7 @@ def build_model(cfg, num_classes: int, device: torch.device, params, fusion):
 
 
 def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, batches: int,
-                     input_batches: int) -> tuple[dict, list]:
+                     input_batches: int) -> dict:
     """Input-only, end-to-end, LD-pass and eval figures of one pipeline."""
     out: dict[str, Any] = {"pipeline": pipeline}
     t0 = time.perf_counter()
@@ -238,8 +262,10 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
             images = images.to(device, non_blocking=True)
             yield (tf(images) if tf is not None else images), labels.to(device)
 
-    # Warm up: start the workers, fill their prefetch queues, first-touch allocations.
+    # Input only. Warm-up: workers started, first-touch allocations.
+    stream.ready(input_batches + 1)
     device_batches = list(prepared(1))
+    stream.drain()
     with Meter(device) as m:
         n = 0
         for x, y in prepared(input_batches):
@@ -250,14 +276,31 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
             "input_images_per_core_s": n / m.cpu_s if m.cpu_s > 0 else float("nan"),
             "input_peak_mem_mb": m.peak_mem_mb}
 
+    # Training: model-only and end-to-end blocks alternate (two rounds), so that their ratio compares
+    # measurements taken under the same machine load (a shared machine's load drifts over minutes).
     epoch = 5  # a training epoch past beta: the loss has every term
     train_one_epoch(model, device_batches[:1], optimizer, method, epoch, ctx)  # warm-up step
-    with Meter(device) as m:
-        row = train_one_epoch(model, stream.take(batches), optimizer, method, epoch, ctx, batch_transform=tf)
-    out |= {"e2e_images_per_s": batches * batch / m.wall_s, "e2e_cores": m.cores, "e2e_peak_mem_mb": m.peak_mem_mb,
-            "e2e_train_loss": row["train_loss"]}
+    rounds = 2 if batches >= 2 else 1
+    sizes = [batches // rounds + (1 if r < batches % rounds else 0) for r in range(rounds)]
+    model_s = e2e_s = 0.0
+    peak = 0.0
+    for size in sizes:
+        with Meter(device) as m:
+            train_one_epoch(model, device_batches[:size], optimizer, method, epoch, ctx)
+        model_s += m.wall_s
+        stream.ready(size)
+        stream.drain()
+        with Meter(device) as m:
+            row = train_one_epoch(model, stream.take(size), optimizer, method, epoch, ctx, batch_transform=tf)
+        e2e_s += m.wall_s
+        peak = max(peak, m.peak_mem_mb)
     method.reset_statistics()
+    images = sum(sizes) * batch
+    out |= {"model_images_per_s": images / model_s, "e2e_images_per_s": images / e2e_s,
+            "e2e_over_model": model_s / e2e_s, "e2e_peak_mem_mb": peak, "e2e_train_loss": row["train_loss"]}
 
+    stream.ready(batches)
+    stream.drain()
     with Meter(device) as m:
         class_statistics_pass(model, stream.take(batches), method, ctx, batch_transform=tf)
     method.reset_statistics()
@@ -272,19 +315,8 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
     out["epoch_s_est"] = (len(loader) * batch / out["e2e_images_per_s"] + out["ld_pass_epoch_s"]
                           + out["eval_epoch_s"])
     out["mem_note"] = m.mem_note
-    del data, loader, stream
-    return out, device_batches
-
-
-def measure_model_only(model, optimizer, method, ctx, device_batches: list, device) -> dict:
-    epoch = 5
-    train_one_epoch(model, device_batches[:1], optimizer, method, epoch, ctx)  # warm-up
-    with Meter(device) as m:
-        train_one_epoch(model, device_batches, optimizer, method, epoch, ctx)
-    method.reset_statistics()
-    images = sum(x.shape[0] for x, _ in device_batches)
-    return {"model_images_per_s": images / m.wall_s, "model_cores": m.cores, "model_peak_mem_mb": m.peak_mem_mb,
-            "model_batches": len(device_batches)}
+    del data, loader, stream, device_batches
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -321,20 +353,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     model = method = optimizer = None
     results: dict[str, Any] = {"machine": facts, "pipelines": {}}
-    device_batches: list = []
     for pipeline in args.pipelines:
         if model is None:
             model, optimizer = build_model(cfg, cfg.dataset.num_classes, device, params, fusion)
             method = AdaDFMethod(fusion, cfg.dataset.num_classes)
-        figures, batches_here = measure_pipeline(cfg, pipeline, device, ctx, model, optimizer, method, args.batches,
+        figures = measure_pipeline(cfg, pipeline, device, ctx, model, optimizer, method, args.batches,
                                                  args.input_batches)
         figures["load_avg_1min"] = os.getloadavg()[0]
         results["pipelines"][pipeline] = figures
-        device_batches = device_batches or batches_here
         log.info("%s: %s", pipeline, json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                                  for k, v in figures.items()}))
-    results["model_only"] = measure_model_only(model, optimizer, method, ctx, device_batches, device)
-    results["model_only"]["load_avg_1min"] = os.getloadavg()[0]
     results["machine"]["load_avg_end"] = os.getloadavg()
     report(results)
     if args.json:
@@ -343,29 +371,28 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def report(results: dict) -> None:
-    model = results["model_only"]
     pipes = results["pipelines"]
     m = results["machine"]
     print(f"\nmachine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, device {m['device']}"
-          + (f" ({m['gpu']})" if "gpu" in m else "") + f", batch {m['batch_size']}, {m['workers']} workers, "
-          f"{m['image_size']} px, {m['batches']} timed batches; load avg at start {m['load_avg_1_5_15']}, "
-          f"at end {m['load_avg_end']}")
-    print(f"model only (batches on the device): {model['model_images_per_s']:.1f} img/s, "
-          f"peak mem {model['model_peak_mem_mb']:.0f} MB")
-    header = f"{'pipeline':10s} {'input img/s':>11s} {'cores':>6s} {'img/core-s':>10s} {'e2e img/s':>10s} " \
-             f"{'e2e/model':>9s} {'LD pass s':>9s} {'epoch s':>8s} {'peak MB':>8s} {'setup s':>8s}"
-    print(header)
+          + (f" ({m['gpu']})" if "gpu" in m else "") + f"; batch {m['batch_size']}, {m['workers']} workers, "
+          f"{m['image_size']} px, {m['batches']} timed batches; load avg (1, 5, 15 min) at start "
+          f"{tuple(round(x, 2) for x in m['load_avg_1_5_15'])}, at end {tuple(round(x, 2) for x in m['load_avg_end'])}")
+    print(f"{'pipeline':10s} {'input img/s':>11s} {'cores':>6s} {'img/core-s':>10s} {'model img/s':>11s} "
+          f"{'e2e img/s':>10s} {'e2e/model':>9s} {'LD pass s':>9s} {'epoch s':>8s} {'peak MB':>8s} {'setup s':>8s}")
     for name, p in pipes.items():
         print(f"{name:10s} {p['input_images_per_s']:11.1f} {p['input_cores']:6.2f} {p['input_images_per_core_s']:10.1f} "
-              f"{p['e2e_images_per_s']:10.1f} {p['e2e_images_per_s'] / model['model_images_per_s']:9.3f} "
+              f"{p['model_images_per_s']:11.1f} {p['e2e_images_per_s']:10.1f} {p['e2e_over_model']:9.3f} "
               f"{p['ld_pass_epoch_s']:9.1f} {p['epoch_s_est']:8.1f} {p['e2e_peak_mem_mb']:8.0f} {p['setup_s']:8.1f}")
     if "fast" in pipes and "reference" in pipes:
         f, r = pipes["fast"], pipes["reference"]
         print(f"fast / reference input throughput per core used: "
               f"{f['input_images_per_core_s'] / r['input_images_per_core_s']:.1f}x "
               f"(wall: {f['input_images_per_s'] / r['input_images_per_s']:.1f}x)")
-    print("(epoch s: estimated full epoch = training at the e2e rate + LD pass + test evaluation; "
-          "LD pass: the reference's augmented class-distribution pass over the training set)")
+    print("input: augmented normalised batches on the device, no model; cores = CPU seconds of this process and "
+          "its workers per wall second; img/core-s = images per CPU second. model: training on batches already "
+          "on the device, in blocks alternating with e2e (the real loader + augmentation + step). LD pass: the "
+          "reference's augmented class-distribution pass, scaled to the epoch; epoch s: estimated (training at the "
+          f"e2e rate + LD pass + test evaluation). Peak memory: {next(iter(pipes.values()))['mem_note']}.")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from adadf.config import validate_config
+from adadf.config.schema import FusionConfig, resolve_detach_target
 from adadf.errors import UserError
 from conftest import CONF
 
@@ -90,7 +91,19 @@ def test_defaults_are_the_reference(compose_cfg):
     cfg = compose_cfg([])
     fusion, _ = validate_config(cfg)
     assert (fusion.threshold, fusion.beta, fusion.max_weight, fusion.min_weight) == (0.7, 3.0, 1.0, 0.2)
-    assert (fusion.tops, fusion.margin, fusion.fallback_mass, fusion.detach_target) == (0.7, 0.07, 0.4, False)
+    assert (fusion.tops, fusion.margin, fusion.fallback_mass, fusion.detach_target) == (0.7, 0.07, 0.4, None)
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-3
     assert cfg.scheduler.gamma == 0.9
     assert cfg.dataset._target_.endswith("build_synthetic")
+
+
+@pytest.mark.parametrize("checkpoint, expected", [("ms_celeb.pth", False), (None, True)])
+def test_detach_target_auto_follows_the_checkpoint(checkpoint, expected):
+    """auto: the reference's non-detached target with a pretrained trunk, detached from scratch."""
+    assert resolve_detach_target(FusionConfig(), checkpoint).detach_target is expected
+
+
+@pytest.mark.parametrize("explicit", [True, False])
+def test_detach_target_explicit_value_wins(explicit):
+    for checkpoint in ("ms_celeb.pth", None):
+        assert resolve_detach_target(FusionConfig(detach_target=explicit), checkpoint).detach_target is explicit

@@ -518,7 +518,8 @@ def test_experiment_settings(compose_cfg, experiment, dataset, threshold, beta, 
         threshold, beta, 1.0, 0.2)
     assert (cfg.dataset.batch_size, cfg.trainer.epochs, cfg.optimizer.lr, cfg.scheduler.gamma) == (batch, 75, 1e-3, 0.9)
     assert cfg.backbone.checkpoint.endswith("resnet18_msceleb.pth")
-    assert cfg.dataset.image_size == 224 and cfg.dataset.pipeline == "reference"
+    assert cfg.dataset.image_size == 224
+    assert cfg.dataset.pipeline == ("fast" if experiment == "raf" else "reference")
     assert cfg.dataset.num_classes == (8 if experiment == "affectnet8" else 7)
     assert cfg.dataset.balanced == experiment.startswith("affectnet")
     assert cfg.dataset.recipe == ("tencrop" if experiment == "sfew" else "standard")

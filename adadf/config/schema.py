@@ -5,6 +5,7 @@ signature of what they instantiate; these dataclasses cover the rest.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import Enum
 from typing import Optional
@@ -32,8 +33,18 @@ class FusionConfig:
     label_smoothing: float = 0.0
     alpha: Optional[float] = None
     fallback_mass: float = 0.4
-    detach_target: bool = False
+    detach_target: Optional[bool] = None  # None: auto (see resolve_detach_target)
     ld_pass: LDPass = LDPass.augmented
+
+
+def resolve_detach_target(fusion: FusionConfig, checkpoint: str | None) -> FusionConfig:
+    """``detach_target=None`` (auto) -> the reference's ``False`` when a pretrained ``checkpoint``
+    initialises the model, ``True`` when it trains from scratch: without a pretrained trunk the
+    non-detached fused target pulls both branches towards uniform predictions, the attention
+    collapses and nothing is learnt (README, "Training from scratch")."""
+    if fusion.detach_target is not None:
+        return fusion
+    return dataclasses.replace(fusion, detach_target=checkpoint is None)
 
 
 @dataclass

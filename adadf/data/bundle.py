@@ -58,7 +58,9 @@ def make_loader(
         drop_last=train,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        persistent_workers=num_workers > 0,
+        # Fresh workers each epoch: their augmentation RNG then derives from the per-epoch reseeded
+        # generator, so a resumed run draws exactly what an uninterrupted one would.
+        persistent_workers=False,
         generator=generator,
     )
 

@@ -14,13 +14,16 @@ from torch.utils.data import RandomSampler
 
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
-from adadf.engine.checkpoint import copy_atomic, rng_state, save_atomic, set_rng_state
+from adadf.engine.checkpoint import rng_state, save_atomic, set_rng_state
 from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap_ddp
 from adadf.engine.loop import StepContext, class_statistics_pass, evaluate, train_one_epoch
 from adadf.method import AdaDFMethod, Reducer
 from adadf.tracking import Logger, RunFiles
 
 log = logging.getLogger(__name__)
+
+# best.pt leaves out optimizer/scheduler/RNG state: a third of last.pt's size (Adam keeps 2 moments).
+BEST_KEYS = ("format", "model", "method", "epoch", "progress", "config", "class_names", "wandb_run_id")
 
 
 @dataclass
@@ -118,9 +121,10 @@ class Trainer:
     def _save(self, improved: bool) -> None:
         if not self.is_main:
             return
-        save_atomic(self.state_dict(), self.files.last_checkpoint)
-        if improved:
-            copy_atomic(self.files.last_checkpoint, self.files.best_checkpoint)
+        state = self.state_dict()
+        save_atomic(state, self.files.last_checkpoint)
+        if improved:  # weights for evaluation and prediction; resume state stays in last.pt only
+            save_atomic({k: state[k] for k in BEST_KEYS}, self.files.best_checkpoint)
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> Progress:
