@@ -52,3 +52,13 @@ def test_synthetic_raf_writer(tmp_path: Path):
     with Image.open(train.absolute(0)) as image:
         assert image.size == (40, 40) and image.format == "JPEG"
     assert bench.write_synthetic_raf(tmp_path / "raf", train=14, test=7, size=40) == root  # reused
+
+
+def test_pipeline_steps_benchmark(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path / "cache"))
+    spec = importlib.util.spec_from_file_location("pipeline_steps", ROOT / "benchmarks" / "pipeline_steps.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    steps = module.main(["--train", "14", "--test", "7", "--batches", "1", "--batch-size", "4"])
+    assert len(steps) == 7 and all(math.isfinite(ms) for ms in steps.values()) and steps["total"] > 0
+    assert "img/core-s" in capsys.readouterr().out
