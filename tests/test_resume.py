@@ -225,7 +225,16 @@ def test_sigterm_then_resume_completes(straight: Path, tmp_path: Path, cache_dir
     assert len(ids) == 2 and ids[0] == ids[1], ids  # the resumed W&B run continues the same run id
 
 
-def test_sigint_stops_cleanly(tmp_path: Path, cache_dir: Path):
+@pytest.fixture
+def default_sigint():
+    """Python's own Ctrl-C handler for the test, whatever this process inherited (a background job
+    starts with SIGINT ignored); the previous handler is put back afterwards."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_sigint_stops_cleanly(tmp_path: Path, cache_dir: Path, default_sigint):
     """Ctrl-C, in this process: a thread sends SIGINT as soon as epoch 1's checkpoint exists. The
     run has many epochs left, so the signal lands while training (a stop takes at most one batch)."""
     run = tmp_path / "run"
@@ -250,7 +259,8 @@ def test_sigint_stops_cleanly(tmp_path: Path, cache_dir: Path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
 
-def test_second_ctrl_c_stops_at_once_and_is_still_an_interrupt(tmp_path: Path, cache_dir: Path, monkeypatch):
+def test_second_ctrl_c_stops_at_once_and_is_still_an_interrupt(tmp_path: Path, cache_dir: Path, monkeypatch,
+                                                               default_sigint):
     with StopFlag() as flag:
         os.kill(os.getpid(), signal.SIGINT)  # first: only noted, the loop stops at the next batch
         assert flag.signame == "SIGINT"
