@@ -10,7 +10,6 @@ STAMP := $(VENV)/.adadf-installed
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install -q $(TORCH_SPEC))
 	$(PY) -m pip install -q -e ".[test,sweep]"
 	touch $@
