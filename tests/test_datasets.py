@@ -17,6 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import fakedata
+from adadf.config import validate_config
+from adadf.config.schema import resolve_detach_target
 from adadf.data import affectnet
 from adadf.data.affectnet import build_affectnet, read_affectnet
 from adadf.data.folder import build_folder, read_csv, read_folder
@@ -518,6 +520,8 @@ def test_experiment_settings(compose_cfg, experiment, dataset, threshold, beta, 
         threshold, beta, 1.0, 0.2)
     assert (cfg.dataset.batch_size, cfg.trainer.epochs, cfg.optimizer.lr, cfg.scheduler.gamma) == (batch, 75, 1e-3, 0.9)
     assert cfg.backbone.checkpoint.endswith("resnet18_msceleb.pth")
+    fusion, _ = validate_config(cfg)  # pretrained trunk: the reference's non-detached fused target
+    assert resolve_detach_target(fusion, cfg.backbone.checkpoint).detach_target is False
     assert cfg.dataset.image_size == 224
     assert cfg.dataset.pipeline == ("fast" if experiment == "raf" else "reference")
     assert cfg.dataset.num_classes == (8 if experiment == "affectnet8" else 7)

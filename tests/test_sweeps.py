@@ -149,6 +149,17 @@ def test_joblib_launcher_with_a_failing_job(run_cli, tmp_path: Path):
     assert_one_failed_job_recorded(proc, sweep_dir, "fusion.beta")
 
 
+def test_submitit_local_launcher(run_cli, tmp_path: Path):
+    """The submitit executor SLURM users get, as local processes: both jobs run and are summarised."""
+    sweep_dir = tmp_path / "sweep"
+    proc = run_cli(["-m", *FAST, "hydra/launcher=submitit_local", "logger=csv", "seed=0,1",
+                    f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitit" in yaml.safe_load((sweep_dir / "multirun.yaml").read_text())["hydra"]["launcher"]["_target_"]
+    assert [summary(j)["status"] for j in job_dirs(sweep_dir)] == ["completed", "completed"]
+    assert len(pd.read_csv(sweep_dir / sweep_mod.JOB_CSV)) == 2
+
+
 def test_optuna_sweep_two_trials_on_validation_accuracy(run_cli, tmp_path: Path):
     sweep_dir = tmp_path / "optuna"
     proc = run_cli(["-m", "sweep=fusion_optuna", *FAST, "hydra.sweeper.n_trials=2",
