@@ -30,6 +30,8 @@ from adadf.data.bundle import make_loader
 from adadf.engine.trainer import Trainer, _reseed
 from adadf.errors import UserError
 from adadf.train import RunInterrupted, train
+
+import fakedata
 from conftest import CONF, FAST, ROOT, cli_env
 
 # 24 training images in batches of 8: 3 steps per epoch, about a second per epoch on one CPU thread.
@@ -57,12 +59,17 @@ def chdir(path: Path):
         os.chdir(previous)
 
 
-def train_here(run_dir: Path, cache_dir: Path, *overrides: str) -> dict:
-    """``python run.py TINY overrides hydra.run.dir=run_dir``, in this process."""
+def train_with(run_dir: Path, overrides: list[str]) -> dict:
+    """``python run.py overrides hydra.run.dir=run_dir``, in this process."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[*TINY, f"dataset.root={cache_dir}", *overrides])
+        cfg = compose("config", overrides=overrides)
     with chdir(run_dir):  # outside Hydra's app the run dir is the cwd
         return train(cfg)
+
+
+def train_here(run_dir: Path, cache_dir: Path, *overrides: str) -> dict:
+    """``python run.py TINY overrides hydra.run.dir=run_dir``, in this process."""
+    return train_with(run_dir, [*TINY, f"dataset.root={cache_dir}", *overrides])
 
 
 def assert_same(a, b, path: str = "checkpoint") -> None:
@@ -223,6 +230,23 @@ def test_sigterm_then_resume_completes(straight: Path, tmp_path: Path, cache_dir
     pd.testing.assert_frame_equal(metrics_without_timing(straight), metrics_without_timing(run))
     ids = wandb_run_ids(run)
     assert len(ids) == 2 and ids[0] == ids[1], ids  # the resumed W&B run continues the same run id
+
+
+@pytest.mark.parametrize("pipeline", ["reference", "fast"])
+def test_resume_is_exact_with_augmenting_workers(tmp_path: Path, monkeypatch, pipeline: str):
+    """Per-image augmentation in a DataLoader worker process: workers start afresh each epoch,
+    seeded from the per-epoch generator, so a resumed run draws the augmentations of a straight one."""
+    monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path / "cache"))
+    root = fakedata.write_raf(tmp_path / "raf", per_class=2, size=40, test_per_class=1)
+    base = ["dataset=raf", f"dataset.root={root}", f"dataset.pipeline={pipeline}", "dataset.num_workers=1",
+            "dataset.image_size=32", "dataset.batch_size=4", "logger=none", "trainer.progress=false"]
+    train_with(tmp_path / "straight", [*base, "trainer.epochs=2"])
+    train_with(tmp_path / "resumed", [*base, "trainer.epochs=1"])
+    train_with(tmp_path / "resumed", [*base, "trainer.epochs=2", "trainer.resume=auto"])
+    assert_same_training_state(tmp_path / "straight" / "checkpoints" / "last.pt",
+                               tmp_path / "resumed" / "checkpoints" / "last.pt")
+    pd.testing.assert_frame_equal(metrics_without_timing(tmp_path / "straight"),
+                                  metrics_without_timing(tmp_path / "resumed"))
 
 
 @pytest.fixture
