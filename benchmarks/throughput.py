@@ -10,7 +10,7 @@ figure uses the RAF recipe at 224 px, the configured backbone, batch size and wo
 ``--root`` a RAF-DB layout dataset of 100x100 JPEGs is written once from the built-in synthetic
 faces (``--train`` / ``--test`` images) under ``$ADADF_CACHE_DIR/bench`` (else ~/.cache/adadf/bench).
 
-For each pipeline (``fast``, ``reference`` by default), measured over ``--batches`` batches after a
+For each pipeline (``fast``, ``device``, ``reference`` by default), measured over ``--batches`` batches after a
 warm-up batch:
 
 - input only: augmented, normalised batches ready on the training device, no model; images/s, the
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, default=8, help="timed batches per model measurement (default 8)")
     parser.add_argument("--input-batches", type=int, default=24, help="timed batches, input only (default 24)")
     parser.add_argument("--workers", type=int, default=None, help="dataset.num_workers (default: the cores)")
-    parser.add_argument("--pipelines", nargs="+", default=["fast", "reference"])
+    parser.add_argument("--pipelines", nargs="+", default=["fast", "device", "reference"])
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --), e.g. trainer.amp=true")
     args = parser.parse_args(argv)
@@ -383,11 +383,12 @@ def report(results: dict) -> None:
         print(f"{name:10s} {p['input_images_per_s']:11.1f} {p['input_cores']:6.2f} {p['input_images_per_core_s']:10.1f} "
               f"{p['model_images_per_s']:11.1f} {p['e2e_images_per_s']:10.1f} {p['e2e_over_model']:9.3f} "
               f"{p['ld_pass_epoch_s']:9.1f} {p['epoch_s_est']:8.1f} {p['e2e_peak_mem_mb']:8.0f} {p['setup_s']:8.1f}")
-    if "fast" in pipes and "reference" in pipes:
-        f, r = pipes["fast"], pipes["reference"]
-        print(f"fast / reference input throughput per core used: "
-              f"{f['input_images_per_core_s'] / r['input_images_per_core_s']:.1f}x "
-              f"(wall: {f['input_images_per_s'] / r['input_images_per_s']:.1f}x)")
+    for name in ("fast", "device"):
+        if name in pipes and "reference" in pipes:
+            f, r = pipes[name], pipes["reference"]
+            print(f"{name} / reference input throughput per core used: "
+                  f"{f['input_images_per_core_s'] / r['input_images_per_core_s']:.1f}x "
+                  f"(wall: {f['input_images_per_s'] / r['input_images_per_s']:.1f}x)")
     print("input: augmented normalised batches on the device, no model; cores = CPU seconds of this process and "
           "its workers per wall second; img/core-s = images per CPU second. model: training on batches already "
           "on the device, in blocks alternating with e2e (the real loader + augmentation + step). LD pass: the "

@@ -28,7 +28,7 @@ def test_throughput_benchmark_reports_every_figure(tmp_path: Path, monkeypatch, 
     out = tmp_path / "figures.json"
     results = bench.main(["--root", str(root), "--batches", "2", "--input-batches", "2", "--workers", "0",
                           "--json", str(out), "--", "dataset.image_size=32", "dataset.batch_size=4"])
-    assert json.loads(out.read_text())["pipelines"].keys() == {"fast", "reference"}
+    assert json.loads(out.read_text())["pipelines"].keys() == {"fast", "device", "reference"}
     for name, figures in results["pipelines"].items():
         for key in ("input_images_per_s", "input_images_per_core_s", "model_images_per_s", "e2e_images_per_s",
                     "e2e_over_model", "ld_pass_epoch_s", "eval_epoch_s", "epoch_s_est", "e2e_peak_mem_mb"):
@@ -38,6 +38,7 @@ def test_throughput_benchmark_reports_every_figure(tmp_path: Path, monkeypatch, 
     assert machine["cores"] >= 1 and machine["torch"] and len(machine["load_avg_1_5_15"]) == 3
     printed = capsys.readouterr().out
     assert "fast / reference input throughput per core used" in printed
+    assert "device / reference input throughput per core used" in printed
 
 
 def test_synthetic_raf_writer(tmp_path: Path):
@@ -60,5 +61,6 @@ def test_pipeline_steps_benchmark(tmp_path: Path, monkeypatch, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     steps = module.main(["--train", "14", "--test", "7", "--batches", "1", "--batch-size", "4"])
-    assert len(steps) == 7 and all(math.isfinite(ms) for ms in steps.values()) and steps["total"] > 0
+    assert len(steps) == 9 and all(math.isfinite(ms) for ms in steps.values())
+    assert steps["total"] > 0 and steps["device_total"] > 0
     assert "img/core-s" in capsys.readouterr().out

@@ -3,6 +3,7 @@ transforms, and its agreement with the reference pipeline where the recipe is de
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -13,7 +14,9 @@ from PIL import Image
 
 import fakedata
 from adadf.data import fast
+from adadf.data.batch_randaugment import BatchRandAugment
 from adadf.data.fast import (
+    AugmentResizeNormalizeErase,
     CachedImageDataset,
     ResizeNormalize,
     ResizeNormalizeErase,
@@ -177,6 +180,40 @@ def test_fast_pipeline_with_workers(raf, cache):
     bundle = build_raf(root=str(raf), pipeline="fast", image_size=48, batch_size=4, num_workers=2)
     batches = [images for images, _ in bundle.train_loader]
     assert len(batches) == 7 and all(b.shape == (4, 3, 40, 40) for b in batches)
+
+
+def test_device_pipeline_augments_on_the_device(raf, cache):
+    """pipeline=device: workers hand over the stored pixels untouched; the batch transform runs the
+    recipe (RandAugment, flip, resize, normalise, erase) and draws from torch's global RNG."""
+    bundle = build_raf(root=str(raf), pipeline="device", image_size=64, batch_size=4, num_workers=0)
+    transform = bundle.train_batch_transform
+    assert isinstance(transform, AugmentResizeNormalizeErase) and isinstance(transform.augment, BatchRandAugment)
+    augment = transform.augment
+    assert (augment.num_ops, augment.magnitude, augment.magnitude_std, augment.min_posterize_bits) == (3, 5.0, 0.5, 1)
+    assert transform.flip_p == 0.5 and transform.erasing_p == 0.5
+    images, _ = next(iter(bundle.train_loader))
+    stored = np.load(next(cache.glob("train-*.npy")))
+    assert any(np.array_equal(images[0].permute(1, 2, 0).numpy(), stored[i]) for i in range(len(stored)))
+    torch.manual_seed(0)
+    first = transform(images)
+    torch.manual_seed(0)
+    assert torch.equal(first, transform(images))  # seeded: reproducible (and saved with the RNG state)
+    assert first.shape == (4, 3, 64, 64) and first.dtype == torch.float32
+    assert not torch.equal(first, transform(images))  # and random
+    # Without augmentation it is exactly the fast pipeline's resize + normalise.
+    plain = AugmentResizeNormalizeErase(None, 0.0, 64, MEAN, STD, 0.0, (0.02, 0.25))
+    assert torch.equal(plain(images), ResizeNormalize(64, MEAN, STD)(images))
+
+
+def test_device_pipeline_through_run_py(run_cli, raf, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli(["dataset=raf", f"dataset.root={raf}", "dataset.pipeline=device", "dataset.num_workers=0",
+                    "dataset.image_size=32", "dataset.batch_size=8", "backbone.checkpoint=null", "trainer.epochs=1",
+                    "logger=csv", "trainer.progress=false", f"hydra.run.dir={run}"],
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "device pipeline" in (run / "run.log").read_text()
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

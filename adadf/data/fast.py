@@ -66,6 +66,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from adadf.data.batch_randaugment import BatchRandAugment
 from adadf.data.bundle import DataBundle, make_loader, stratified_split
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
@@ -302,9 +303,47 @@ class ResizeNormalizeErase(ResizeNormalize):
                 f"scale={self.erasing_scale}, ratio={self.erasing_ratio})")
 
 
+class AugmentResizeNormalizeErase(ResizeNormalizeErase):
+    """``dataset.pipeline=device``: the whole recipe batched on the device. RandAugment
+    (:class:`BatchRandAugment`, at the stored size like the workers' version) and the flip, then
+    resize, normalise and erase. Draws from torch's global RNG (saved in checkpoints)."""
+
+    def __init__(self, augment: BatchRandAugment | None, flip_p: float, size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], erasing_p: float, erasing_scale: tuple[float, float]) -> None:
+        super().__init__(size, mean, std, erasing_p, erasing_scale)
+        self.augment = augment
+        self.flip_p = float(flip_p)
+
+    def flip(self, images: torch.Tensor) -> torch.Tensor:
+        if self.flip_p <= 0:
+            return images
+        mirrored = (torch.rand(images.shape[0]) < self.flip_p).to(images.device, non_blocking=True)
+        return torch.where(mirrored.view(-1, 1, 1, 1), images.flip(-1), images)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with one_cpu_thread(images.device):
+            if self.augment is not None:
+                images = self.augment(images)
+            return self.erase(self.normalize(self.resize(self.flip(images))))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.augment}, flip_p={self.flip_p}, {super().__repr__()})"
+
+
 # --------------------------------------------------------------------------------------------
-# Builder (called by adadf.data.images.build_image_bundle for dataset.pipeline=fast)
+# Builder (called by adadf.data.images.build_image_bundle for dataset.pipeline=fast|device)
 # --------------------------------------------------------------------------------------------
+def device_train_transform(recipe: Recipe) -> AugmentResizeNormalizeErase:
+    """The recipe's training steps as one batch transform (``pipeline=device``). Geometric ops use
+    float32 ``grid_sample``: a few pixels one grey level off PIL's, much faster than exact."""
+    augment = None
+    if recipe.randaugment:
+        augment = BatchRandAugment.from_config(recipe.randaugment, img_mean=tuple(recipe.img_mean),
+                                               min_posterize_bits=recipe.min_posterize_bits, exact_geometry=False)
+    return AugmentResizeNormalizeErase(augment, recipe.flip_p, recipe.image_size, recipe.mean, recipe.std,
+                                       recipe.erasing_p, recipe.erasing_scale)
+
+
 def build_fast_bundle(
     train_index: ImageIndex,
     test_index: ImageIndex,
@@ -317,15 +356,21 @@ def build_fast_bundle(
     balanced: bool = False,
     cache_dir: str | os.PathLike | None = None,
     cache_size: int | None = None,
+    augment_on: str = "workers",
 ) -> DataBundle:
     """Loaders over the decoded caches with per-image augmentation at the stored size and the rest
     of the recipe as batch transforms (see the module docstring).
 
-    Training uses ``num_workers`` workers (the per-image RandAugment); evaluation loaders read the
-    memory map in the training process (no per-image work left to parallelise).
+    ``augment_on="workers"`` (``pipeline=fast``) runs RandAugment and the flip per image in PIL in the
+    ``num_workers`` training workers; ``"device"`` (``pipeline=device``) runs them batched on the
+    training device (:mod:`adadf.data.batch_randaugment`), the workers only read the cache.
+    Evaluation loaders read the memory map in the training process (no per-image work to share).
     """
+    if augment_on not in ("workers", "device"):
+        raise ValueError(f"augment_on={augment_on!r}: expected 'workers' or 'device'")
+    pipeline = "device" if augment_on == "device" else "fast"
     if recipe.ten_crop or recipe.resize_mode != "square" or recipe.resize != recipe.image_size:
-        raise UserError(f"dataset.pipeline=fast: supports square-resize recipes (standard), not {recipe.name}; "
+        raise UserError(f"dataset.pipeline={pipeline}: supports square-resize recipes (standard), not {recipe.name}; "
                         "use dataset.pipeline=reference")
     if cache_size is None:
         cache_size = min(recipe.resize, native_size(train_index))
@@ -334,12 +379,14 @@ def build_fast_bundle(
     cache_root = None if cache_dir is None else Path(cache_dir).expanduser().resolve()
     train_path = build_cache(train_index, cache_size, cache_root, "train")
     test_path = build_cache(test_index, cache_size, cache_root, "test")
-    log.info("%d train / %d test images, %d classes, recipe %s at %d px (1 crop), fast pipeline (decoded at %d px)",
+    log.info("%d train / %d test images, %d classes, recipe %s at %d px (1 crop), %s pipeline (decoded at %d px)",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
-             cache_size)
+             pipeline, cache_size)
 
     labels = list(train_index.labels)
-    train_set: Dataset = CachedImageDataset(train_path, labels, SmallImageAugment(recipe, cache_size))
+    on_device = augment_on == "device"
+    train_set: Dataset = CachedImageDataset(train_path, labels,
+                                            None if on_device else SmallImageAugment(recipe, cache_size))
     clean_train_set: Dataset = CachedImageDataset(train_path, labels)
     test_set = CachedImageDataset(test_path, list(test_index.labels))
     val_loader = None
@@ -364,13 +411,13 @@ def build_fast_bundle(
         num_classes=len(train_index.class_names),
         class_names=list(train_index.class_names),
         val_loader=val_loader,
-        train_batch_transform=ResizeNormalizeErase(recipe.image_size, recipe.mean, recipe.std,
-                                                   recipe.erasing_p, recipe.erasing_scale),
+        train_batch_transform=device_train_transform(recipe) if on_device else ResizeNormalizeErase(
+            recipe.image_size, recipe.mean, recipe.std, recipe.erasing_p, recipe.erasing_scale),
         eval_batch_transform=ResizeNormalize(recipe.image_size, recipe.mean, recipe.std),
     )
 
 
 __all__ = [
-    "CachedImageDataset", "ResizeNormalize", "ResizeNormalizeErase", "SmallImageAugment", "build_cache",
+    "AugmentResizeNormalizeErase", "CachedImageDataset", "device_train_transform", "ResizeNormalize", "ResizeNormalizeErase", "SmallImageAugment", "build_cache",
     "build_fast_bundle", "cache_key", "default_cache_dir",
 ]

@@ -6,7 +6,9 @@ chosen pipeline:
 
 - ``reference``: per-image PIL decoding and torchvision/timm augmentation in DataLoader workers,
   exactly the spec's recipe (:mod:`adadf.data.transforms`);
-- ``fast``: ``adadf.data.fast.build_fast_bundle`` (same arguments), when that module exists.
+- ``fast``: :func:`adadf.data.fast.build_fast_bundle` (same arguments): a decoded image cache,
+  the heavy work on small images and on the training device;
+- ``device``: the same cache, with RandAugment and the flip also batched on the device.
 
 Validation depth (``verify_images``), all before the first training step:
 - every split must be non-empty and every label in range;
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 AUTO_DECODE_LIMIT = 20_000  # verify_images=auto decodes every image of a split up to this size
-PIPELINES = ("reference", "fast")
+PIPELINES = ("reference", "fast", "device")
 VERIFY_MODES = ("auto", "decode", "exists")
 
 
@@ -202,15 +204,11 @@ def build_image_bundle(
     check_split(test_index, "test", verify_images)
     common = dict(batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
                   val_fraction=val_fraction, balanced=balanced)
-    if pipeline == "fast":
-        try:
-            from adadf.data.fast import build_fast_bundle
-        except ModuleNotFoundError as err:
-            if err.name != "adadf.data.fast":
-                raise
-            raise UserError("dataset.pipeline=fast: not available in this version of adadf "
-                            "(use dataset.pipeline=reference)") from None
-        return build_fast_bundle(train_index, test_index, recipe, **common)
+    if pipeline in ("fast", "device"):
+        from adadf.data.fast import build_fast_bundle  # here: fast.py reads images with load_rgb
+
+        augment_on = "device" if pipeline == "device" else "workers"
+        return build_fast_bundle(train_index, test_index, recipe, augment_on=augment_on, **common)
 
     log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
