@@ -21,6 +21,11 @@ JPEG every epoch, resizes it to 224 px and runs the whole recipe per image in PI
    RandomErasing per image with torchvision's own parameter sampling (p, scale, ratio (0.3, 3.3),
    value 0 as in the reference). Evaluation: resize + normalise.
 
+``dataset.pipeline=device`` (:class:`AugmentResizeNormalizeErase`) moves step 2 to the device as well:
+workers only read the cache, and :class:`adadf.data.batch_randaugment.BatchRandAugment` runs timm's
+RandAugment batched (Pillow's arithmetic; geometric ops always bilinear and, here, through float32
+``grid_sample``: a few pixels one grey level off), then the flip, then step 3.
+
 Differences from the reference recipe (resize -> RandAugment -> flip -> tensor -> normalise -> erase):
 
 - RandAugment runs **before** the resize, on the stored image. Flip commutes with the resize exactly;
