@@ -16,21 +16,26 @@ def _new_file_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temp file beside ``path``; on success fsync it and ``os.replace`` it onto ``path``.
-
-    A crash or kill at any point leaves the previous ``path`` intact (plus at worst a stray temp).
-    """
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp file beside ``path`` for the caller to fill (e.g. a memory map); on success it is
+    ``os.replace``d onto ``path``. A crash or kill at any point leaves the previous ``path`` intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as f:
-            os.fchmod(f.fileno(), _new_file_mode())  # readable like any other output, not owner-only
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        os.fchmod(fd, _new_file_mode())  # readable like any other output, not owner-only
+        os.close(fd)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
+    """:func:`atomic_path` as an open file, fsynced before it replaces ``path``."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())

@@ -16,17 +16,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from adadf.data.bundle import DataBundle, check_class_names
+from adadf.atomic import atomic_open
+from adadf.data.bundle import DataBundle
 from adadf.data.images import build_image_bundle, is_image_name, list_dir, resolve_root
 from adadf.data.index import ImageIndex
-from adadf.data.transforms import make_recipe
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -71,16 +70,8 @@ def _read_cache(paths: list[Path], listing: str) -> dict | None:
 def _write_cache(paths: list[Path], data: dict) -> None:
     for path in paths:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f)
-                os.chmod(tmp, 0o644)  # mkstemp makes it private; others may share the dataset
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            with atomic_open(path, "w") as f:  # readable by others: they may share the dataset
+                json.dump(data, f)
             log.info("AffectNet index cached at %s", path)
             return
         except OSError as err:
@@ -185,9 +176,8 @@ def build_affectnet(
     root_path = resolve_root(root, LAYOUT)
     train, test = read_affectnet(root_path, num_classes,
                                  Path(cache_dir).expanduser().absolute() if cache_dir else None)
-    check_class_names(train.class_names, num_classes)
     return build_image_bundle(
-        train, test, make_recipe(recipe, image_size), pipeline=pipeline, batch_size=batch_size,
-        num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction, balanced=balanced,
-        verify_images=verify_images,
+        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
+        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
+        balanced=balanced, verify_images=verify_images,
     )

@@ -56,7 +56,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -71,6 +70,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import transforms as T
 from tqdm import tqdm
 
+from adadf.atomic import atomic_path
 from adadf.data.batch_randaugment import BatchRandAugment
 from adadf.data.bundle import DataBundle, make_loader, stratified_split
 from adadf.data.index import ImageIndex
@@ -149,9 +149,7 @@ def build_cache(index: ImageIndex, size: int, cache_dir: Path | None = None, spl
         raise UserError(f"{root}: cannot create the image cache directory ({err.strerror}); "
                         "set ADADF_CACHE_DIR to a writable directory") from None
     start = time.perf_counter()
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(index), size, size, 3))
         paths = [index.absolute(i) for i in range(len(index))]
         threads = threads or min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
@@ -162,9 +160,6 @@ def build_cache(index: ImageIndex, size: int, cache_dir: Path | None = None, spl
                 out[i] = pixels
         out.flush()
         del out
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     log.info("decoded %d %s images to %d px in %.1f s: %s (%.0f MB)", len(index), split, size,
              time.perf_counter() - start, path, path.stat().st_size / 2**20)
     return path

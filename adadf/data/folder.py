@@ -6,10 +6,9 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from adadf.data.bundle import DataBundle, check_class_names
+from adadf.data.bundle import DataBundle
 from adadf.data.images import build_image_bundle, is_image_name, list_dir, resolve_root
 from adadf.data.index import ImageIndex
-from adadf.data.transforms import make_recipe
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -159,9 +158,8 @@ def build_folder(
         if class_names is not None:
             raise UserError("dataset.class_names: only used with CSV files; class folders name the classes")
         train, test = read_folder(root_path, train_dir, test_dir)
-    check_class_names(train.class_names, num_classes)
     return build_image_bundle(
-        train, test, make_recipe(recipe, image_size), pipeline=pipeline, batch_size=batch_size,
-        num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction, balanced=balanced,
-        verify_images=verify_images,
+        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
+        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
+        balanced=balanced, verify_images=verify_images,
     )

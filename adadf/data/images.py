@@ -32,10 +32,10 @@ from typing import Callable, Iterable
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from adadf.data.bundle import DataBundle, build_bundle
+from adadf.data.bundle import DataBundle, build_bundle, check_class_names
 from adadf.data.index import ImageIndex
 from adadf.data.samplers import ClassBalancedSampler
-from adadf.data.transforms import Recipe, eval_transform, train_transform
+from adadf.data.transforms import eval_transform, make_recipe, train_transform
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,10 @@ def check_exist(root: Path, paths: Iterable[str], split: str) -> None:
 def build_image_bundle(
     train_index: ImageIndex,
     test_index: ImageIndex,
-    recipe: Recipe,
     *,
+    num_classes: int,
+    recipe: str,
+    image_size: int,
     pipeline: str = "reference",
     batch_size: int,
     num_workers: int,
@@ -193,9 +195,12 @@ def build_image_bundle(
 ) -> DataBundle:
     """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here).
 
+    ``recipe`` names the augmentation recipe, scaled to ``image_size`` (:func:`make_recipe`);
     ``balanced`` uses :class:`ClassBalancedSampler` for training; ``val_fraction`` holds out a
     stratified part of the training split as validation (``build_bundle``).
     """
+    check_class_names(train_index.class_names, num_classes)
+    recipe = make_recipe(recipe, image_size)
     if pipeline not in PIPELINES:
         raise UserError(f"dataset.pipeline={pipeline}: expected one of {', '.join(PIPELINES)}")
     if train_index.class_names != test_index.class_names:

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adadf.data.bundle import DataBundle, check_class_names
+from adadf.data.bundle import DataBundle
 from adadf.data.images import build_image_bundle, list_dir, resolve_root
 from adadf.data.index import ImageIndex
-from adadf.data.transforms import make_recipe
 from adadf.errors import UserError
 
 CLASS_NAMES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
@@ -78,9 +77,8 @@ def build_raf(
 ) -> DataBundle:
     """RAF-DB loaders (the ``dataset=raf`` target). Standard split: 12,271 train / 3,068 test."""
     train, test = read_raf(resolve_root(root, LAYOUT))
-    check_class_names(train.class_names, num_classes)
     return build_image_bundle(
-        train, test, make_recipe(recipe, image_size), pipeline=pipeline, batch_size=batch_size,
-        num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction, balanced=balanced,
-        verify_images=verify_images,
+        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
+        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
+        balanced=balanced, verify_images=verify_images,
     )

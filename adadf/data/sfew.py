@@ -3,11 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adadf.data.bundle import DataBundle, check_class_names
+from adadf.data.bundle import DataBundle
 from adadf.data.folder import read_class_folders
 from adadf.data.images import build_image_bundle, resolve_root
 from adadf.data.index import ImageIndex
-from adadf.data.transforms import make_recipe
 
 CLASS_NAMES = ["Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise"]  # alphabetical
 LAYOUT = "SFEW 2.0's folder with Train/<Class>/ and Val/<Class>/"
@@ -35,9 +34,8 @@ def build_sfew(
 ) -> DataBundle:
     """SFEW 2.0 loaders (the ``dataset=sfew`` target): ten crops per image by default."""
     train, test = read_sfew(resolve_root(root, LAYOUT))
-    check_class_names(train.class_names, num_classes)
     return build_image_bundle(
-        train, test, make_recipe(recipe, image_size), pipeline=pipeline, batch_size=batch_size,
-        num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction, balanced=balanced,
-        verify_images=verify_images,
+        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
+        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
+        balanced=balanced, verify_images=verify_images,
     )

@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
+from adadf.atomic import atomic_open
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.errors import UserError
 
@@ -317,7 +317,7 @@ def cache_path(cache_dir: str | os.PathLike | None, **params) -> Path:
 def load_or_generate(cache_dir: str | os.PathLike | None = None, **params) -> dict[str, torch.Tensor]:
     """Load the cached dataset for ``params`` (``generate_synthetic``'s arguments) or generate it.
 
-    The file is written atomically (temp file + ``os.replace``); an unreadable file is regenerated.
+    The file is written atomically (:func:`adadf.atomic.atomic_open`); an unreadable file is regenerated.
     """
     path = cache_path(cache_dir, **params)
     if path.exists():
@@ -336,15 +336,8 @@ def load_or_generate(cache_dir: str | os.PathLike | None = None, **params) -> di
         time.perf_counter() - start,
     )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(data, f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_open(path, "wb") as f:
+            torch.save(data, f)
         log.info("cached synthetic dataset at %s", path)
     except OSError as err:
         log.warning("cannot cache synthetic dataset at %s (%s); continuing without a cache", path, err)
