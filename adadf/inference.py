@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from adadf.errors import UserError
-from adadf.models import AdaDF, build_model, load_state_file
-from adadf.models.checkpoints import is_adadf_checkpoint, is_reference_state
+from adadf.models import AdaDF, load_state_file
+from adadf.models.checkpoints import is_adadf_checkpoint, is_reference_state, load_weights
 
 # Keys of the ``dataset`` node in eval.yaml / predict.yaml that may override the checkpoint's dataset
 # without naming a dataset group (``???`` there means "keep the checkpoint's value").
@@ -42,6 +42,7 @@ class TrainedCheckpoint:
     num_classes: int | None  # rows of the target branch's fc
     class_names: list[str] | None  # adadf checkpoints only
     config: dict[str, Any] | None  # the resolved training config (adadf checkpoints only)
+    contents: dict = field(repr=False, default_factory=dict)  # what torch.load returned
 
     @property
     def dataset_config(self) -> dict[str, Any] | None:
@@ -74,14 +75,14 @@ def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
             path=path, format="adadf", epoch=obj.get("epoch"),
             num_classes=_fc_rows(obj["model"], "target_branch.fc.weight"),
             class_names=[str(n) for n in names] if isinstance(names, (list, tuple)) else None,
-            config=dict(config) if config is not None else None,
+            config=dict(config) if config is not None else None, contents=obj,
         )
     state = obj.get("state_dict") if isinstance(obj.get("state_dict"), Mapping) else obj
     if is_reference_state(state):
         return TrainedCheckpoint(
             path=path, format="ada-df", epoch=obj.get("epoch") if state is not obj else None,
             num_classes=_fc_rows(state, "branch_2.4.weight", "branch_2_classifier.weight"),
-            class_names=None, config=None,
+            class_names=None, config=None, contents=obj,
         )
     raise UserError(f"{path}: not a trained Ada-DF model; expected an adadf checkpoint "
                     f"(checkpoints/last.pt or best.pt) or an original Ada-DF checkpoint.pth.tar")
@@ -94,8 +95,8 @@ def load_model(checkpoint: TrainedCheckpoint, num_classes: int, backbone: str | 
     ``backbone`` defaults to the one it was trained with (resnet18 for original Ada-DF files). A
     class-count or architecture mismatch is a one-line UserError naming the file.
     """
-    name = backbone or checkpoint.backbone or "resnet18"
-    model, _ = build_model(num_classes, name=name, checkpoint=str(checkpoint.path))
+    model = AdaDF(num_classes, backbone=backbone or checkpoint.backbone or "resnet18")
+    load_weights(model, checkpoint.contents, checkpoint.path)  # the file is not read a second time
     return model.to(device).eval()
 
 

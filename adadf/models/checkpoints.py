@@ -346,10 +346,15 @@ def build_model(num_classes: int, name: str = "resnet18", checkpoint: str | None
     if checkpoint is None or str(checkpoint).strip() == "":
         return model, None
     path = Path(checkpoint).expanduser().resolve()
-    obj = load_state_file(path)
+    return model, load_weights(model, load_state_file(path), path)
+
+
+def load_weights(model: AdaDF, obj: Mapping, path: Path) -> torch.Tensor | None:
+    """Load ``obj``, the already-read contents of checkpoint file ``path`` (format auto-detected as
+    in :func:`build_model`), into ``model``; returns its class distributions, if it has any."""
     if is_adadf_checkpoint(obj):
-        return model, _load_adadf_state(model, obj, path)
+        return _load_adadf_state(model, obj, path)
     if is_reference_state(_strip_prefixes(_pick(obj, "state_dict"))):
-        return model, _load_reference_state(model, obj, path)
+        return _load_reference_state(model, obj, path)
     _load_backbone_state(model, obj, path)
-    return model, None
+    return None
