@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(if $(strip $(TORCH_SPEC)),$(PY) -m pip install -q $(TORCH_SPEC))
 	$(PY) -m pip install -q -e ".[test,sweep]"
+	$(PY) -m pip install -q --no-deps facenet-pytorch
 	touch $@
 
 install: $(STAMP)
