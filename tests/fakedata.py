@@ -11,16 +11,22 @@ are small JPEGs (PNG where the real dataset uses PNG or where an alpha channel m
     write_folder_csv(root, classes, ...)      images/* plus train.csv / test.csv (path,label)
     write_msceleb_checkpoint(path)            {'state_dict': resnet18 state dict with a 1000-class fc}
     write_reference_checkpoint(path, C)       an original Ada-DF checkpoint.pth.tar (spec section 6)
+    build(option, **overrides)                a dataset option's builder called with its schema's defaults
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from hydra.utils import get_method
 from PIL import Image
+
+from adadf.config.dataset import DATASET_SCHEMAS
+from adadf.config.fields import check_ranges
 
 RAF_CLASSES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 AFFECTNET_CLASSES = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
@@ -213,3 +219,12 @@ def write_reference_checkpoint(path: str | Path, num_classes: int = 7, seed: int
     torch.save({"epoch": 3, "state_dict": state, "acc": 50.0, "best_acc": 51.0,
                 "optimizer": {"state": {}, "param_groups": []}, "class_distributions": ld}, path)
     return path
+
+
+def build(option: str, loader_seed: int = 0, **overrides):
+    """``dataset=<option>`` built as a run builds it: the schema's defaults with ``overrides``,
+    ranges checked (one-line UserError), then the ``_target_`` called with the run's ``loader_seed``."""
+    config = DATASET_SCHEMAS[option](**overrides)
+    check_ranges(config, "dataset")
+    options = dataclasses.asdict(config)
+    return get_method(options.pop("_target_"))(loader_seed=loader_seed, **options)

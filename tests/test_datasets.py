@@ -2,6 +2,8 @@
 sampler and every bad-input case, on tiny datasets written by ``fakedata``."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import logging
 import os
@@ -13,15 +15,18 @@ import pandas as pd
 import PIL
 import pytest
 import torch
+from hydra.utils import get_method
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader
 
 import fakedata
+from fakedata import build
 from adadf.config import validate_config
-from adadf.config.schema import resolve_detach_target
+from adadf.config.dataset import DATASET_SCHEMAS
 from adadf.data import affectnet
-from adadf.data.affectnet import build_affectnet, read_affectnet
-from adadf.data.folder import build_folder, read_csv, read_folder
+from adadf.data.affectnet import read_affectnet
+from adadf.data.folder import read_csv, read_folder
 from adadf.data.images import (
     ImageFileDataset,
     UnreadableImage,
@@ -30,9 +35,9 @@ from adadf.data.images import (
     load_rgb,
 )
 from adadf.data.index import ImageIndex
-from adadf.data.raf import build_raf, read_raf
+from adadf.data.raf import read_raf
 from adadf.data.samplers import ClassBalancedSampler
-from adadf.data.sfew import build_sfew, read_sfew
+from adadf.data.sfew import read_sfew
 from adadf.data.transforms import (
     AtLeastBits,
     eval_transform,
@@ -43,6 +48,7 @@ from adadf.data.transforms import (
     train_transform,
 )
 from adadf.errors import UserError
+from adadf.methods.adadf import resolve_detach_target
 
 SMALL = dict(image_size=32, batch_size=4, num_workers=0)
 
@@ -224,17 +230,17 @@ def test_posterize_keeps_at_least_one_bit():
 
 # ------------------------------------------------------------------------------------- loaders
 def test_raf_bundle_and_val_split(data):
-    bundle = build_raf(root=str(data / "raf"), **SMALL)
+    bundle = build("raf", root=str(data / "raf"), **SMALL)
     images, labels = next(iter(bundle.train_loader))
     assert images.shape == (4, 3, 32, 32) and labels.dtype == torch.int64
     assert len(bundle.train_loader) == 14 // 4 and bundle.num_crops == 1
     assert len(bundle.test_loader.dataset) == 7 and len(bundle.clean_train_loader.dataset) == 14
-    held = build_raf(root=str(data / "raf"), val_fraction=0.5, **SMALL)
+    held = build("raf", root=str(data / "raf"), val_fraction=0.5, **SMALL)
     assert len(held.val_loader.dataset) == 7 and len(held.clean_train_loader.dataset) == 7
 
 
 def test_sfew_loader_yields_ten_crops(data):
-    bundle = build_sfew(root=str(data / "sfew"), **SMALL)
+    bundle = build("sfew", root=str(data / "sfew"), **SMALL)
     assert bundle.num_crops == 10
     train_images, train_labels = next(iter(bundle.train_loader))
     assert train_images.shape == (4, 10, 3, 32, 32) and train_labels.shape == (4,)
@@ -247,13 +253,13 @@ def test_grayscale_and_rgba_become_rgb(data):
     root = data / "affectnet/train_set/images"
     assert Image.open(root / "0.jpg").mode == "L" and Image.open(root / "1.png").mode == "RGBA"
     assert load_rgb(root / "0.jpg").mode == "RGB" and load_rgb(root / "1.png").mode == "RGB"
-    bundle = build_affectnet(root=str(data / "affectnet"), num_classes=8, balanced=False, **SMALL)
+    bundle = build("affectnet8", root=str(data / "affectnet"), balanced=False, **SMALL)
     dataset = bundle.clean_train_loader.dataset
     assert dataset[0][0].shape == dataset[1][0].shape == (3, 32, 32)
 
 
 def test_affectnet_balanced_sampler_in_loader(data):
-    bundle = build_affectnet(root=str(data / "affectnet"), num_classes=8, **SMALL)
+    bundle = build("affectnet8", root=str(data / "affectnet"), **SMALL)
     sampler = bundle.train_loader.sampler
     assert isinstance(sampler, ClassBalancedSampler)
     assert len(sampler) == 16 and len(bundle.train_loader) == 4  # min count 2 x 8 classes
@@ -287,14 +293,14 @@ def test_balanced_sampler_draws_and_reseeds():
 def test_pipeline_choice(data, tmp_path, monkeypatch):
     monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path))  # where the fast pipeline caches images
     # the same builder routes to adadf.data.fast, which leaves the batch stage to the device
-    fast = build_raf(root=str(data / "raf"), pipeline="fast", **SMALL)
+    fast = build("raf", root=str(data / "raf"), pipeline="fast", **SMALL)
     assert fast.train_batch_transform is not None and fast.num_classes == 7
     with pytest.raises(UserError) as err:
-        build_raf(root=str(data / "raf"), pipeline="turbo", **SMALL)
-    one_line_error(err, "dataset.pipeline=turbo", "reference")
+        build("raf", root=str(data / "raf"), pipeline="turbo", **SMALL)
+    one_line_error(err, "dataset.pipeline='turbo'", "reference")
     with pytest.raises(UserError) as err:
-        build_raf(root=str(data / "raf"), verify_images="maybe", **SMALL)
-    one_line_error(err, "dataset.verify_images=maybe")
+        build("raf", root=str(data / "raf"), verify_images="maybe", **SMALL)
+    one_line_error(err, "dataset.verify_images='maybe'")
 
 
 # ------------------------------------------------------------------------------------ bad input
@@ -341,15 +347,13 @@ def test_raf_missing_files(data, tmp_path):
     one_line_error(err, "list_patition_label.txt: label file not found", "raf-basic")
 
 
-@pytest.mark.parametrize("builder,name", [(build_raf, "raf"), (build_affectnet, "affectnet"),
-                                          (build_sfew, "sfew"), (build_folder, "folder")])
-def test_missing_root(tmp_path, builder, name):
-    kwargs = dict(SMALL, num_classes=7)
+@pytest.mark.parametrize("option", ["raf", "affectnet7", "sfew", "folder"])
+def test_missing_root(tmp_path, option):
     with pytest.raises(UserError) as err:
-        builder(root=str(tmp_path / "nowhere"), **kwargs)
+        build(option, root=str(tmp_path / "nowhere"), **SMALL)
     one_line_error(err, f"dataset.root={tmp_path / 'nowhere'}", "no such directory")
     with pytest.raises(UserError) as err:
-        builder(root=None, **kwargs)
+        build(option, root=None, **SMALL)
     one_line_error(err, "dataset.root is not set")
 
 
@@ -428,7 +432,7 @@ def test_sfew_unexpected_missing_and_empty_folders(data, tmp_path):
 def test_folder_bad_inputs(data, tmp_path):
     root = copy_of(data, "folder", tmp_path)
     with pytest.raises(UserError) as err:
-        build_folder(root=str(root), num_classes=7, **SMALL)
+        build("folder", root=str(root), num_classes=7, **SMALL)
     one_line_error(err, "dataset.num_classes=7", "3 classes (cat, dog, owl)")
     (root / "test/fox").mkdir()
     with pytest.raises(UserError) as err:
@@ -453,7 +457,7 @@ def test_folder_bad_inputs(data, tmp_path):
         read_csv(bad, csv_root, ["cat", "dog", "owl"])
     one_line_error(err, f"{bad}:2:", "label 'cow' is not a class")
     with pytest.raises(UserError) as err:
-        build_folder(root=str(csv_root), num_classes=3, train_csv="train.csv", **SMALL)
+        build("folder", root=str(csv_root), num_classes=3, train_csv="train.csv", **SMALL)
     one_line_error(err, "set both or neither")
 
 
@@ -462,11 +466,11 @@ def test_unreadable_image_found_up_front(data, tmp_path):
     broken = root / "Image/aligned/test_0002_aligned.jpg"
     broken.write_bytes(broken.read_bytes()[:200])  # truncated JPEG
     with pytest.raises(UnreadableImage) as err:
-        build_raf(root=str(root), **SMALL)
+        build("raf", root=str(root), **SMALL)
     one_line_error(err, str(broken), "cannot read image")
     (root / "Image/aligned/train_00002_aligned.jpg").write_text("not an image")
     with pytest.raises(UnreadableImage) as err:
-        build_raf(root=str(root), **SMALL)
+        build("raf", root=str(root), **SMALL)
     one_line_error(err, "train_00002_aligned.jpg: cannot read image")
 
 
@@ -476,7 +480,7 @@ def test_unreadable_image_mid_run_is_one_line(data, tmp_path):
     root = copy_of(data, "folder", tmp_path)
     broken = root / "train/dog/001.jpg"
     broken.write_bytes(b"\xff\xd8\xff garbage")
-    bundle = build_folder(root=str(root), num_classes=3, verify_images="exists", **SMALL)
+    bundle = build("folder", root=str(root), num_classes=3, verify_images="exists", **SMALL)
     index = bundle.clean_train_loader.dataset.index
     loader = DataLoader(ImageFileDataset(index, eval_transform(make_recipe("standard", 32))), batch_size=6,
                         num_workers=1)
@@ -497,7 +501,8 @@ def test_check_split_catches_bad_labels_and_missing_files(data):
     one_line_error(err, "train/cat/999.jpg: image not found (train split)")
     with pytest.raises(UserError) as err:
         build_image_bundle(ImageIndex(root, [], [], ["cat", "dog", "owl"]), missing, num_classes=3,
-                           recipe="standard", image_size=32, batch_size=2, num_workers=0, loader_seed=0)
+                           recipe="standard", image_size=32, pipeline="reference", batch_size=2, num_workers=0,
+                           loader_seed=0, val_fraction=0.0, balanced=False, verify_images="auto")
     one_line_error(err, "the train split is empty")
 
 
@@ -514,8 +519,8 @@ def test_experiment_settings(compose_cfg, experiment, dataset, threshold, beta, 
         threshold, beta, 1.0, 0.2)
     assert (cfg.dataset.batch_size, cfg.trainer.epochs, cfg.optimizer.lr, cfg.scheduler.gamma) == (batch, 75, 1e-3, 0.9)
     assert cfg.backbone.checkpoint.endswith("resnet18_msceleb.pth")
-    fusion, _ = validate_config(cfg)  # pretrained trunk: the reference's non-detached fused target
-    assert resolve_detach_target(fusion, cfg.backbone.checkpoint).detach_target is False
+    fusion = validate_config(cfg)["fusion"]  # pretrained trunk: the reference's non-detached fused target
+    assert resolve_detach_target(fusion, pretrained=cfg.backbone.checkpoint is not None).detach_target is False
     assert cfg.dataset.image_size == 224
     assert cfg.dataset.pipeline == ("fast" if experiment == "raf" else "reference")
     assert cfg.dataset.num_classes == (8 if experiment == "affectnet8" else 7)
@@ -562,7 +567,7 @@ def test_every_experiment_runs_through_run_py(run_cli, tmp_path):
 def test_folder_csv_run_from_a_reference_checkpoint(compose_cfg, tmp_path, monkeypatch, caplog):
     """The folder layout (CSV flavour, ten-crop recipe) through the composition root in-process
     (run.py's startup is paid by the multirun above), initialised from an original Ada-DF checkpoint."""
-    from adadf.train import train
+    from adadf.task import train
 
     root = fakedata.write_folder_csv(tmp_path / "mine", classes=("calm", "tense"), per_class=3, size=36)
     ckpt = fakedata.write_reference_checkpoint(tmp_path / "checkpoint.pth.tar", num_classes=2)
@@ -590,3 +595,38 @@ def test_bad_input_through_run_py(run_cli, data, tmp_path):
     hits = [line for line in (proc.stderr + proc.stdout).splitlines() if "list_patition_label.txt:3: expected" in line]
     assert len(hits) == 1, proc.stderr[-2000:]
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # stopped before training
+
+
+# ------------------------------------------------------------------------------------ schemas
+def _builder_keywords(builder) -> set[str]:
+    """The keywords ``builder`` takes: its own, plus ``build_image_bundle``'s when it passes ``**options`` on."""
+    params = inspect.signature(builder).parameters.values()
+    own = {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+    assert all(p.default is p.empty for p in params), f"{builder.__name__}: a config key with a Python default"
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        forwarded = inspect.signature(build_image_bundle).parameters.values()
+        own |= {p.name for p in forwarded if p.kind is p.KEYWORD_ONLY}
+        assert all(p.default is p.empty for p in forwarded)
+    return own
+
+
+@pytest.mark.parametrize("option", sorted(DATASET_SCHEMAS))
+def test_builder_takes_exactly_its_schema(option):
+    """The schema is the one place of a key's default: the builder's keywords are the schema's
+    fields (without ``_target_``) plus the run's ``loader_seed``, none with a default."""
+    schema = DATASET_SCHEMAS[option]
+    fields = {f.name for f in dataclasses.fields(schema)} - {"_target_"}
+    builder = get_method(schema._target_)
+    assert _builder_keywords(builder) == fields | {"loader_seed"}
+    options = {f.name: getattr(schema(), f.name) for f in dataclasses.fields(schema)}
+    options.pop("_target_")
+    inspect.signature(builder).bind(loader_seed=0, **options)  # the signature binds
+
+
+@pytest.mark.parametrize("option", sorted(DATASET_SCHEMAS))
+def test_yaml_option_extends_its_schema(compose_cfg, option):
+    """conf/dataset/<option>.yaml composes to exactly its schema's defaults (it holds only comments)."""
+    cfg = compose_cfg([f"dataset={option}"])
+    assert OmegaConf.to_container(cfg.dataset) == OmegaConf.to_container(OmegaConf.structured(DATASET_SCHEMAS[option]))
+    with pytest.raises(Exception, match="no_such_key"):  # a typo'd key fails at compose time
+        compose_cfg([f"dataset={option}", "dataset.no_such_key=1"])

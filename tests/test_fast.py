@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import fakedata
+from fakedata import build
 from adadf.data import fast
 from adadf.data.batch_randaugment import BatchRandAugment
 from adadf.data.fast import (
@@ -25,7 +26,7 @@ from adadf.data.fast import (
     build_fast_bundle,
 )
 from adadf.data.images import load_rgb
-from adadf.data.raf import build_raf, read_raf
+from adadf.data.raf import read_raf
 from adadf.data.transforms import eval_transform, standard_recipe, tencrop_recipe
 from adadf.errors import UserError
 
@@ -148,7 +149,7 @@ def test_small_image_augment_is_the_recipe(raf):
 
 
 def test_fast_bundle_end_to_end(raf, cache):
-    bundle = build_raf(root=str(raf), pipeline="fast", image_size=64, batch_size=4, num_workers=0)
+    bundle = build("raf", root=str(raf), pipeline="fast", image_size=64, batch_size=4, num_workers=0)
     images, labels = next(iter(bundle.train_loader))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 40, 40)  # stored at the native 40 px
     x = bundle.train_batch_transform(images)
@@ -161,23 +162,21 @@ def test_fast_bundle_end_to_end(raf, cache):
 
 def test_fast_bundle_options(raf, cache):
     train, test = read_raf(raf)
-    recipe = standard_recipe(32)
-    bundle = build_fast_bundle(train, test, recipe, batch_size=2, num_workers=0, loader_seed=0,
-                               val_fraction=0.25, balanced=True, cache_size=16)
+    bundle = build("raf", root=str(raf), pipeline="fast", image_size=16, batch_size=2, num_workers=0,
+                   val_fraction=0.25, balanced=True)
     assert bundle.val_loader is not None
     assert len(bundle.val_loader.dataset) + len(bundle.clean_train_loader.dataset) == len(train)
     assert type(bundle.train_loader.sampler).__name__ == "ClassBalancedSampler"
     images, _ = next(iter(bundle.train_loader))
-    assert images.shape[-1] == 16
+    assert images.shape[-1] == 16  # stored at the recipe's size when it is below the images' 40 px
     with pytest.raises(UserError, match="dataset.pipeline=fast"):
-        build_fast_bundle(train, test, tencrop_recipe(32), batch_size=2, num_workers=0, loader_seed=0)
-    with pytest.raises(UserError, match="dataset.cache_size"):
-        build_fast_bundle(train, test, recipe, batch_size=2, num_workers=0, loader_seed=0, cache_size=2)
+        build_fast_bundle(train, test, tencrop_recipe(32), augment_on="workers", batch_size=2, num_workers=0,
+                          loader_seed=0)
 
 
 def test_fast_pipeline_with_workers(raf, cache):
     """Workers open the memory map themselves and augment with their own seeds."""
-    bundle = build_raf(root=str(raf), pipeline="fast", image_size=48, batch_size=4, num_workers=2)
+    bundle = build("raf", root=str(raf), pipeline="fast", image_size=48, batch_size=4, num_workers=2)
     batches = [images for images, _ in bundle.train_loader]
     assert len(batches) == 7 and all(b.shape == (4, 3, 40, 40) for b in batches)
 
@@ -185,7 +184,7 @@ def test_fast_pipeline_with_workers(raf, cache):
 def test_device_pipeline_augments_on_the_device(raf, cache):
     """pipeline=device: workers hand over the stored pixels untouched; the batch transform runs the
     recipe (RandAugment, flip, resize, normalise, erase) and draws from torch's global RNG."""
-    bundle = build_raf(root=str(raf), pipeline="device", image_size=64, batch_size=4, num_workers=0)
+    bundle = build("raf", root=str(raf), pipeline="device", image_size=64, batch_size=4, num_workers=0)
     transform = bundle.train_batch_transform
     assert isinstance(transform, AugmentResizeNormalizeErase) and isinstance(transform.augment, BatchRandAugment)
     augment = transform.augment

@@ -6,14 +6,15 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from fakedata import build
 
 from adadf.data import synthetic
+from adadf.data.cache import cache_dir
 from adadf.data.synthetic import (
     CLASS_NAMES,
     EvalBatchTransform,
     TrainBatchTransform,
     UInt8ImageDataset,
-    build_synthetic,
     generate_synthetic,
     load_or_generate,
 )
@@ -123,15 +124,18 @@ def test_cache_is_written_once_then_loaded(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_default_cache_dir_from_environment(tmp_path, monkeypatch):
+def test_cache_dir_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.delenv("ADADF_CACHE_DIR", raising=False)
-    assert synthetic.default_cache_dir() == tmp_path / "xdg" / "adadf" / "synthetic"
+    assert cache_dir("synthetic") == tmp_path / "xdg" / "adadf" / "synthetic"
     monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path / "own"))
-    assert synthetic.default_cache_dir() == tmp_path / "own"
+    assert cache_dir("synthetic") == tmp_path / "own" / "synthetic"
+    assert cache_dir("images") == tmp_path / "own" / "images"
+    with pytest.raises(ValueError):
+        cache_dir("elsewhere")
     monkeypatch.chdir(tmp_path)
-    build_synthetic(train_size=14, test_size=7, image_size=32, batch_size=4)
-    assert len(list((tmp_path / "own").glob("*.pt"))) == 1
+    build("synthetic", train_size=14, test_size=7, image_size=32, batch_size=4)
+    assert len(list((tmp_path / "own" / "synthetic").glob("*.pt"))) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["own"]  # nothing in the cwd
 
 
@@ -151,13 +155,13 @@ def test_default_cache_dir_from_environment(tmp_path, monkeypatch):
 )
 def test_bad_values_name_the_key(tmp_path, key, value):
     with pytest.raises(UserError, match=rf"dataset\.{key}"):
-        build_synthetic(root=str(tmp_path), **{key: value})
+        build("synthetic", root=str(tmp_path), **{key: value})
     assert not list(tmp_path.iterdir())  # rejected before generating anything
 
 
 def test_build_synthetic_bundle(tmp_path):
-    bundle = build_synthetic(root=str(tmp_path), train_size=70, test_size=35, image_size=32, batch_size=16,
-                             label_noise=0.2, loader_seed=5)
+    bundle = build("synthetic", root=str(tmp_path), train_size=70, test_size=35, image_size=32, batch_size=16,
+                   label_noise=0.2, loader_seed=5)
     assert bundle.num_classes == C and bundle.class_names == CLASS_NAMES
     images, labels = next(iter(bundle.train_loader))
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
@@ -169,8 +173,8 @@ def test_build_synthetic_bundle(tmp_path):
     assert torch.equal(torch.cat(clean_images), data["train_images"])  # every sample once, in order
     assert torch.equal(torch.cat(clean_labels), data["train_labels"])  # the labels training sees
     # loader_seed fixes the shuffle order.
-    again = build_synthetic(root=str(tmp_path), train_size=70, test_size=35, image_size=32, batch_size=16,
-                            label_noise=0.2, loader_seed=5)
+    again = build("synthetic", root=str(tmp_path), train_size=70, test_size=35, image_size=32, batch_size=16,
+                  label_noise=0.2, loader_seed=5)
     assert torch.equal(next(iter(again.train_loader))[1], labels)
     assert isinstance(bundle.train_batch_transform, TrainBatchTransform)
     assert isinstance(bundle.eval_batch_transform, EvalBatchTransform)

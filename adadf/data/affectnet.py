@@ -5,8 +5,8 @@
 
 Reading ~290k annotation files takes minutes, so the scan of each split is cached as JSON (image
 paths relative to the dataset root, with every label 0..7): ``<root>/.adadf-index-<split>.json``
-when the root is writable, else ``$ADADF_CACHE_DIR/affectnet-index/`` (default
-``~/.cache/adadf/affectnet-index/``). The cache is keyed by the split's directory listing (the names
+when the root is writable, else ``$ADADF_CACHE_DIR/listings/`` (default ``~/.cache/adadf/listings/``,
+:mod:`adadf.data.cache`). The cache is keyed by the split's directory listing (the names
 in ``images/`` and ``annotations/``), so adding, removing or renaming a file rescans; after editing
 a label file in place, delete the cache file.
 """
@@ -19,11 +19,13 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from adadf.atomic import atomic_open
 from adadf.data.bundle import DataBundle
+from adadf.data.cache import cache_dir as adadf_cache_dir
 from adadf.data.images import build_image_bundle, is_image_name, list_dir, resolve_root
 from adadf.data.index import ImageIndex
 from adadf.errors import UserError
@@ -38,20 +40,11 @@ LAYOUT = "AffectNet's folder with train_set/ and val_set/, each holding images/ 
 
 
 # ------------------------------------------------------------------------------------------ cache
-def default_cache_dir() -> Path:
-    """``$ADADF_CACHE_DIR/affectnet-index``, else ``$XDG_CACHE_HOME/adadf/...``, else ``~/.cache/adadf/...``."""
-    if os.environ.get("ADADF_CACHE_DIR"):
-        return Path(os.environ["ADADF_CACHE_DIR"]).expanduser() / "affectnet-index"
-    base = Path(os.environ["XDG_CACHE_HOME"]).expanduser() if os.environ.get("XDG_CACHE_HOME") else (
-        Path.home() / ".cache")
-    return base / "adadf" / "affectnet-index"
-
-
 def cache_locations(root: Path, split_dir: str, cache_dir: Path | None = None) -> list[Path]:
     """Where a split's index cache may live, in order of preference."""
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
     return [root / f".adadf-index-{split_dir}.json",
-            (cache_dir or default_cache_dir()) / f"{digest}-{split_dir}.json"]
+            (cache_dir or adadf_cache_dir("listings")) / f"{digest}-{split_dir}.json"]
 
 
 def _read_cache(paths: list[Path], listing: str) -> dict | None:
@@ -157,27 +150,11 @@ def read_affectnet(root: str | Path, num_classes: int = 7,
     return out[0], out[1]
 
 
-def build_affectnet(
-    *,
-    root: str | None,
-    num_classes: int = 7,
-    batch_size: int = 64,
-    num_workers: int = 4,
-    image_size: int = 224,
-    val_fraction: float = 0.0,
-    pipeline: str = "reference",
-    recipe: str = "standard",
-    balanced: bool = True,
-    verify_images: str = "auto",
-    cache_dir: str | None = None,
-    loader_seed: int = 0,
-) -> DataBundle:
-    """AffectNet loaders (the ``dataset=affectnet7|affectnet8`` target), class-balanced by default."""
+def build_affectnet(*, root: str | None, num_classes: int, cache_dir: str | None, loader_seed: int,
+                    **options: Any) -> DataBundle:
+    """AffectNet loaders (the ``dataset=affectnet7|affectnet8`` target; ``options``:
+    :class:`adadf.config.dataset.AffectNet7Config`), class-balanced by default."""
     root_path = resolve_root(root, LAYOUT)
     train, test = read_affectnet(root_path, num_classes,
                                  Path(cache_dir).expanduser().absolute() if cache_dir else None)
-    return build_image_bundle(
-        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
-        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
-        balanced=balanced, verify_images=verify_images,
-    )
+    return build_image_bundle(train, test, num_classes=num_classes, loader_seed=loader_seed, **options)

@@ -5,7 +5,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from adadf.data.samplers import distributed_sampler
+from adadf.errors import UserError
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,11 +46,9 @@ def make_loader(
 ) -> DataLoader:
     """A loader with the reference's settings: training shuffles and drops the last partial batch.
 
-    Under torchrun (an initialised process group) each rank gets its shard: see
-    ``adadf.engine.distributed.distributed_sampler``.
+    Under torchrun (an initialised process group) each rank gets its shard
+    (:func:`adadf.data.samplers.distributed_sampler`).
     """
-    from adadf.engine.distributed import distributed_sampler
-
     sampler = distributed_sampler(len(dataset), train=train, seed=seed, sampler=sampler)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
@@ -66,8 +67,6 @@ def make_loader(
 
 
 def check_class_names(names: Sequence[str], num_classes: int, key: str = "dataset.num_classes") -> None:
-    from adadf.errors import UserError
-
     if len(names) != num_classes:
         raise UserError(f"{key}={num_classes}: the data has {len(names)} classes ({', '.join(names)})")
 
@@ -98,22 +97,23 @@ def build_bundle(
     batch_size: int,
     num_workers: int,
     loader_seed: int,
-    val_fraction: float = 0.0,
-    test_batch_size: int | None = None,
+    val_fraction: float,
+    eval_workers: int | None = None,
     train_sampler: Callable[[Sequence[int]], Sampler] | None = None,
     num_crops: int = 1,
     train_batch_transform: BatchTransform | None = None,
     eval_batch_transform: BatchTransform | None = None,
 ) -> DataBundle:
-    """Loaders for a dataset given its train/test sets.
+    """Loaders for a dataset given its train/test sets (every builder ends here).
 
     ``clean_train_set`` holds the same samples as ``train_set`` with the test transform (used for
     the clean class-distribution pass and for the validation split). ``val_fraction`` > 0 holds out
     a stratified part of the training set as validation (the honest protocol). ``train_sampler``
     builds a sampler from the labels of the (possibly reduced) training set, e.g. class-balanced.
+    ``eval_workers`` (default ``num_workers``) serves the evaluation loaders: 0 where an item costs
+    nothing to load.
     """
-    from torch.utils.data import Subset
-
+    eval_workers = num_workers if eval_workers is None else eval_workers
     val_loader = None
     labels = list(train_labels)
     if val_fraction > 0:
@@ -121,16 +121,15 @@ def build_bundle(
         val_set = Subset(clean_train_set, held)
         train_set, clean_train_set = Subset(train_set, keep), Subset(clean_train_set, keep)
         labels = [labels[i] for i in keep]
-        val_loader = make_loader(val_set, batch_size=test_batch_size or batch_size,
-                                 num_workers=num_workers, train=False, seed=loader_seed)
+        val_loader = make_loader(val_set, batch_size=batch_size, num_workers=eval_workers, train=False,
+                                 seed=loader_seed)
     sampler = train_sampler(labels) if train_sampler is not None else None
-    eval_batch = test_batch_size or batch_size
     return DataBundle(
         train_loader=make_loader(train_set, batch_size=batch_size, num_workers=num_workers, train=True,
                                  seed=loader_seed, sampler=sampler),
-        test_loader=make_loader(test_set, batch_size=eval_batch, num_workers=num_workers, train=False,
+        test_loader=make_loader(test_set, batch_size=batch_size, num_workers=eval_workers, train=False,
                                 seed=loader_seed),
-        clean_train_loader=make_loader(clean_train_set, batch_size=eval_batch, num_workers=num_workers,
+        clean_train_loader=make_loader(clean_train_set, batch_size=batch_size, num_workers=eval_workers,
                                        train=False, seed=loader_seed),
         num_classes=len(class_names),
         class_names=class_names,

@@ -4,9 +4,9 @@ The reference pipeline (``dataset.pipeline=reference``, :mod:`adadf.data.transfo
 JPEG every epoch, resizes it to 224 px and runs the whole recipe per image in PIL on the CPU. Here:
 
 1. **Decoded image cache.** Every image of a split is decoded once (threads, tqdm progress bar),
-   resized to ``cache_size`` x ``cache_size`` if it is not that size already (bilinear, aspect not
+   resized to ``S`` x ``S`` if it is not that size already (bilinear, aspect not
    kept: the recipe's own first step) and stored as one uint8 ``[N, S, S, 3]`` ``.npy`` file under
-   ``$ADADF_CACHE_DIR/images`` (else ``$XDG_CACHE_HOME/adadf/images`` or ``~/.cache/adadf/images``).
+   ``cache_dir("images")`` (:mod:`adadf.data.cache`: ``$ADADF_CACHE_DIR/images``, else ``~/.cache/adadf/images``).
    The file name is a hash of the split's files (relative path, size, modification time), the
    resolved root and ``S``, so it is reused across epochs and runs and rebuilt when an image
    changes. It is memory-mapped: workers share the page cache (RAF-DB at 100 px is ~370 MB). ``S``
@@ -40,8 +40,8 @@ Differences from the reference recipe (resize -> RandAugment -> flip -> tensor -
   fraction) is scaled by S / 224.
 - Resize and normalise run on uint8 batches on the device: on the CPU the result is rounded to
   uint8 like PIL's resize; on CUDA it stays float (no rounding to integers).
-- With a ``cache_size`` below an image's own size, the image loses that resolution (never the case
-  with the default for RAF-DB).
+- With a recipe size below an image's own size, the cache stores the image at the recipe's size (RAF-DB's
+  100 px images are stored losslessly at every recipe size >= 100).
 - Random streams differ (RandomErasing draws from the training process's torch RNG, not the
   workers'), so the same seed gives other augmentations than ``pipeline=reference``.
 
@@ -60,19 +60,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
 from adadf.atomic import atomic_path
 from adadf.data.batch_randaugment import BatchRandAugment
-from adadf.data.bundle import DataBundle, make_loader, stratified_split
+from adadf.data.bundle import DataBundle, build_bundle
+from adadf.data.cache import cache_dir
+from adadf.data.decode import larger_side, load_rgb
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
 from adadf.errors import UserError
@@ -86,25 +88,9 @@ ERASING_RATIO = (0.3, 3.3)  # torchvision RandomErasing's default, as the refere
 # --------------------------------------------------------------------------------------------
 # Decoded image cache
 # --------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$ADADF_CACHE_DIR/images``, else ``$XDG_CACHE_HOME/adadf/images``, else ``~/.cache/adadf/images``."""
-    if os.environ.get("ADADF_CACHE_DIR"):
-        return Path(os.environ["ADADF_CACHE_DIR"]).expanduser() / "images"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "adadf" / "images"
-    return Path.home() / ".cache" / "adadf" / "images"
-
-
 def native_size(index: ImageIndex) -> int:
     """The larger side of the split's first image (read from its header only)."""
-    from adadf.data.images import load_rgb
-
-    path = index.absolute(0)
-    try:
-        with Image.open(path) as image:
-            return max(image.size)
-    except OSError:
-        return max(load_rgb(path).size)  # raises the one-line UnreadableImage
+    return larger_side(index.absolute(0))
 
 
 def cache_key(index: ImageIndex, size: int) -> str:
@@ -121,18 +107,15 @@ def cache_key(index: ImageIndex, size: int) -> str:
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-    from adadf.data.images import load_rgb
-
     image = load_rgb(path)
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)  # [S, S, 3]
 
 
-def build_cache(index: ImageIndex, size: int, cache_dir: Path | None = None, split: str = "train",
-                threads: int | None = None) -> Path:
+def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int | None = None) -> Path:
     """The uint8 ``[N, size, size, 3]`` .npy file of ``index``'s decoded images (built if missing)."""
-    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    root = cache_dir("images")
     path = root / f"{split}-{len(index)}x{size}px-{cache_key(index, size)}.npy"
     if path.is_file():
         try:
@@ -349,17 +332,12 @@ def build_fast_bundle(
     test_index: ImageIndex,
     recipe: Recipe,
     *,
-    batch_size: int,
-    num_workers: int,
-    loader_seed: int,
-    val_fraction: float = 0.0,
-    balanced: bool = False,
-    cache_dir: str | os.PathLike | None = None,
-    cache_size: int | None = None,
-    augment_on: str = "workers",
+    augment_on: str,
+    **common: Any,
 ) -> DataBundle:
     """Loaders over the decoded caches with per-image augmentation at the stored size and the rest
-    of the recipe as batch transforms (see the module docstring).
+    of the recipe as batch transforms (see the module docstring); ``common`` is what
+    :func:`adadf.data.bundle.build_bundle` takes besides the datasets.
 
     ``augment_on="workers"`` (``pipeline=fast``) runs RandAugment and the flip per image in PIL in the
     ``num_workers`` training workers; ``"device"`` (``pipeline=device``) runs them batched on the
@@ -372,52 +350,28 @@ def build_fast_bundle(
     if recipe.ten_crop or recipe.resize_mode != "square" or recipe.resize != recipe.image_size:
         raise UserError(f"dataset.pipeline={pipeline}: supports square-resize recipes (standard), not {recipe.name}; "
                         "use dataset.pipeline=reference")
-    if cache_size is None:
-        cache_size = min(recipe.resize, native_size(train_index))
-    if not isinstance(cache_size, int) or cache_size < 8:
-        raise UserError(f"dataset.cache_size={cache_size}: expected an integer >= 8")
-    cache_root = None if cache_dir is None else Path(cache_dir).expanduser().resolve()
-    train_path = build_cache(train_index, cache_size, cache_root, "train")
-    test_path = build_cache(test_index, cache_size, cache_root, "test")
+    size = min(recipe.resize, native_size(train_index))
+    train_path = build_cache(train_index, size, "train")
+    test_path = build_cache(test_index, size, "test")
     log.info("%d train / %d test images, %d classes, recipe %s at %d px (1 crop), %s pipeline (decoded at %d px)",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
-             pipeline, cache_size)
+             pipeline, size)
 
     labels = list(train_index.labels)
     on_device = augment_on == "device"
-    train_set: Dataset = CachedImageDataset(train_path, labels,
-                                            None if on_device else SmallImageAugment(recipe, cache_size))
-    clean_train_set: Dataset = CachedImageDataset(train_path, labels)
-    test_set = CachedImageDataset(test_path, list(test_index.labels))
-    val_loader = None
-    if val_fraction > 0:
-        keep, held = stratified_split(labels, val_fraction, loader_seed)
-        val_loader = make_loader(Subset(clean_train_set, held), batch_size=batch_size, num_workers=0,
-                                 train=False, seed=loader_seed)
-        train_set, clean_train_set = Subset(train_set, keep), Subset(clean_train_set, keep)
-        labels = [labels[i] for i in keep]
-    sampler = None
-    if balanced:
-        from adadf.data.samplers import ClassBalancedSampler
-
-        sampler = ClassBalancedSampler(labels, len(train_index.class_names), seed=loader_seed,
-                                       class_names=train_index.class_names)
-    return DataBundle(
-        train_loader=make_loader(train_set, batch_size=batch_size, num_workers=num_workers, train=True,
-                                 seed=loader_seed, sampler=sampler),
-        test_loader=make_loader(test_set, batch_size=batch_size, num_workers=0, train=False, seed=loader_seed),
-        clean_train_loader=make_loader(clean_train_set, batch_size=batch_size, num_workers=0, train=False,
-                                       seed=loader_seed),
-        num_classes=len(train_index.class_names),
-        class_names=list(train_index.class_names),
-        val_loader=val_loader,
+    return build_bundle(
+        train_set=CachedImageDataset(train_path, labels, None if on_device else SmallImageAugment(recipe, size)),
+        clean_train_set=CachedImageDataset(train_path, labels),
+        test_set=CachedImageDataset(test_path, list(test_index.labels)),
+        eval_workers=0,
         train_batch_transform=device_train_transform(recipe) if on_device else ResizeNormalizeErase(
             recipe.image_size, recipe.mean, recipe.std, recipe.erasing_p, recipe.erasing_scale),
         eval_batch_transform=ResizeNormalize(recipe.image_size, recipe.mean, recipe.std),
+        **common,
     )
 
 
 __all__ = [
-    "AugmentResizeNormalizeErase", "CachedImageDataset", "device_train_transform", "ResizeNormalize", "ResizeNormalizeErase", "SmallImageAugment", "build_cache",
-    "build_fast_bundle", "cache_key", "default_cache_dir",
+    "AugmentResizeNormalizeErase", "CachedImageDataset", "device_train_transform", "ResizeNormalize",
+    "ResizeNormalizeErase", "SmallImageAugment", "build_cache", "build_fast_bundle", "cache_key",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from adadf.data.bundle import DataBundle
 from adadf.data.images import build_image_bundle, is_image_name, list_dir, resolve_root
@@ -125,22 +125,15 @@ def build_folder(
     *,
     root: str | None,
     num_classes: int,
-    batch_size: int = 64,
-    num_workers: int = 4,
-    image_size: int = 224,
-    val_fraction: float = 0.0,
-    pipeline: str = "reference",
-    recipe: str = "standard",
-    balanced: bool = False,
-    verify_images: str = "auto",
-    train_dir: str = "train",
-    test_dir: str = "test",
-    train_csv: str | None = None,
-    test_csv: str | None = None,
-    class_names: Sequence[str] | None = None,
-    loader_seed: int = 0,
+    train_dir: str,
+    test_dir: str,
+    train_csv: str | None,
+    test_csv: str | None,
+    class_names: Sequence[str] | None,
+    loader_seed: int,
+    **options: Any,
 ) -> DataBundle:
-    """Users' own data (the ``dataset=folder`` target).
+    """Users' own data (the ``dataset=folder`` target; ``options``: :class:`adadf.config.dataset.FolderConfig`).
 
     Either class folders ``<train_dir>/<class>/*`` and ``<test_dir>/<class>/*`` (classes = the train
     folders in sorted order), or, when ``train_csv`` and ``test_csv`` are set, two CSV files of
@@ -158,8 +151,4 @@ def build_folder(
         if class_names is not None:
             raise UserError("dataset.class_names: only used with CSV files; class folders name the classes")
         train, test = read_folder(root_path, train_dir, test_dir)
-    return build_image_bundle(
-        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
-        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
-        balanced=balanced, verify_images=verify_images,
-    )
+    return build_image_bundle(train, test, num_classes=num_classes, loader_seed=loader_seed, **options)

@@ -1,4 +1,4 @@
-"""Image-file datasets: decoding, up-front checks, and the one builder every real dataset goes through.
+"""Image-file datasets: up-front checks, and the one builder every real dataset goes through.
 
 Readers (``raf``, ``affectnet``, ``sfew``, ``folder``) turn a dataset's native layout into two
 :class:`ImageIndex` splits; :func:`build_image_bundle` checks them and builds the loaders with the
@@ -29,10 +29,11 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from adadf.data.bundle import DataBundle, build_bundle, check_class_names
+from adadf.data.decode import UnreadableImage, check_decodes, load_rgb
+from adadf.data.fast import build_fast_bundle
 from adadf.data.index import ImageIndex
 from adadf.data.samplers import ClassBalancedSampler
 from adadf.data.transforms import eval_transform, make_recipe, train_transform
@@ -42,23 +43,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 AUTO_DECODE_LIMIT = 20_000  # verify_images=auto decodes every image of a split up to this size
-PIPELINES = ("reference", "fast", "device")
-VERIFY_MODES = ("auto", "decode", "exists")
 
-
-class UnreadableImage(UserError):
-    """An image file that cannot be decoded.
-
-    Raised inside a DataLoader worker, torch re-raises it in the main process as
-    ``UnreadableImage("Caught ... Original Traceback ... UnreadableImage: <message>")``; the
-    constructor keeps only that last line, so the user still sees one line, not a traceback.
-    """
-
-    def __init__(self, message: str) -> None:
-        if "Traceback" in message:
-            last = [line for line in message.strip().splitlines() if line.strip()][-1]
-            message = last.split(f"{type(self).__name__}: ", 1)[-1]
-        super().__init__(message)
+__all__ = ["UnreadableImage", "build_image_bundle", "check_split", "is_image_name", "list_dir", "load_rgb",
+           "resolve_root"]
 
 
 # ------------------------------------------------------------------------------------ small helpers
@@ -95,33 +82,6 @@ def list_dir(path: Path) -> list[str]:
         raise UserError(f"{path}: cannot list directory ({err.strerror or err})") from None
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file as RGB: grayscale, palette, CMYK and RGBA are converted (alpha dropped)."""
-    try:
-        with Image.open(path) as image:
-            if image.mode in ("P", "PA", "LA"):
-                image = image.convert("RGBA")
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise UnreadableImage(f"{path}: cannot read image ({_reason(err)})") from None
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
-def _check_decodes(path: Path) -> None:
-    """Decode ``path`` fully (JPEGs at reduced DCT scale: the whole stream is still read)."""
-    try:
-        with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
-            image.load()
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise UnreadableImage(f"{path}: cannot read image ({_reason(err)})") from None
-
-
 # ------------------------------------------------------------------------------------ dataset
 class ImageFileDataset(Dataset):
     """``index``'s images decoded as RGB and passed through ``transform``; yields (tensor, label)."""
@@ -139,9 +99,8 @@ class ImageFileDataset(Dataset):
 
 # ------------------------------------------------------------------------------------ validation
 def check_split(index: ImageIndex, split: str, verify_images: str = "auto", threads: int | None = None) -> None:
-    """Up-front checks of one split (see the module docstring); raises a one-line UserError."""
-    if verify_images not in VERIFY_MODES:
-        raise UserError(f"dataset.verify_images={verify_images}: expected one of {', '.join(VERIFY_MODES)}")
+    """Up-front checks of one split (see the module docstring; ``verify_images`` is checked by the
+    schema, :mod:`adadf.config.dataset`); raises a one-line UserError."""
     if len(index) == 0:
         raise UserError(f"{index.root}: the {split} split is empty")
     num_classes = len(index.class_names)
@@ -155,7 +114,7 @@ def check_split(index: ImageIndex, split: str, verify_images: str = "auto", thre
         paths = [index.root / p for p in index.paths]
         threads = threads or min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
         with ThreadPoolExecutor(max_workers=max(1, min(threads, len(paths)))) as pool:
-            for _ in pool.map(_check_decodes, paths, chunksize=64):
+            for _ in pool.map(check_decodes, paths, chunksize=64):
                 pass
         log.info("decoded all %d %s images in %.1f s", len(paths), split, time.perf_counter() - start)
     else:
@@ -185,15 +144,16 @@ def build_image_bundle(
     num_classes: int,
     recipe: str,
     image_size: int,
-    pipeline: str = "reference",
+    pipeline: str,
     batch_size: int,
     num_workers: int,
     loader_seed: int,
-    val_fraction: float = 0.0,
-    balanced: bool = False,
-    verify_images: str = "auto",
+    val_fraction: float,
+    balanced: bool,
+    verify_images: str,
 ) -> DataBundle:
-    """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here).
+    """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here;
+    its builder passes on the options of its schema, :mod:`adadf.config.dataset`).
 
     ``recipe`` names the augmentation recipe, scaled to ``image_size`` (:func:`make_recipe`);
     ``balanced`` uses :class:`ClassBalancedSampler` for training; ``val_fraction`` holds out a
@@ -201,37 +161,28 @@ def build_image_bundle(
     """
     check_class_names(train_index.class_names, num_classes)
     recipe = make_recipe(recipe, image_size)
-    if pipeline not in PIPELINES:
-        raise UserError(f"dataset.pipeline={pipeline}: expected one of {', '.join(PIPELINES)}")
     if train_index.class_names != test_index.class_names:
         raise UserError(f"{test_index.root}: train and test class lists differ")
     check_split(train_index, "train", verify_images)
     check_split(test_index, "test", verify_images)
-    common = dict(batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
-                  val_fraction=val_fraction, balanced=balanced)
-    if pipeline in ("fast", "device"):
-        from adadf.data.fast import build_fast_bundle  # here: fast.py reads images with load_rgb
-
-        augment_on = "device" if pipeline == "device" else "workers"
-        return build_fast_bundle(train_index, test_index, recipe, augment_on=augment_on, **common)
-
-    log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
-             len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
-             recipe.num_crops, "s" if recipe.num_crops > 1 else "")
     sampler = None
     if balanced:
         sampler = partial(ClassBalancedSampler, num_classes=len(train_index.class_names), seed=loader_seed,
                           class_names=train_index.class_names)
+    common = dict(train_labels=train_index.labels, class_names=list(train_index.class_names),
+                  batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
+                  val_fraction=val_fraction, train_sampler=sampler)
+    if pipeline in ("fast", "device"):
+        return build_fast_bundle(train_index, test_index, recipe, augment_on=pipeline.replace("fast", "workers"),
+                                 **common)
+
+    log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
+             len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
+             recipe.num_crops, "s" if recipe.num_crops > 1 else "")
     return build_bundle(
         train_set=ImageFileDataset(train_index, train_transform(recipe)),
         test_set=ImageFileDataset(test_index, eval_transform(recipe)),
         clean_train_set=ImageFileDataset(train_index, eval_transform(recipe)),
-        train_labels=train_index.labels,
-        class_names=list(train_index.class_names),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        loader_seed=loader_seed,
-        val_fraction=val_fraction,
-        train_sampler=sampler,
         num_crops=recipe.num_crops,
+        **common,
     )

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from adadf.data.bundle import DataBundle
 from adadf.data.images import build_image_bundle, list_dir, resolve_root
@@ -61,24 +62,8 @@ def read_raf(root: str | Path) -> tuple[ImageIndex, ImageIndex]:
     return tuple(ImageIndex(root, paths, labels, list(CLASS_NAMES)) for paths, labels in splits.values())
 
 
-def build_raf(
-    *,
-    root: str | None,
-    num_classes: int = 7,
-    batch_size: int = 64,
-    num_workers: int = 4,
-    image_size: int = 224,
-    val_fraction: float = 0.0,
-    pipeline: str = "reference",
-    recipe: str = "standard",
-    balanced: bool = False,
-    verify_images: str = "auto",
-    loader_seed: int = 0,
-) -> DataBundle:
-    """RAF-DB loaders (the ``dataset=raf`` target). Standard split: 12,271 train / 3,068 test."""
+def build_raf(*, root: str | None, loader_seed: int, **options: Any) -> DataBundle:
+    """RAF-DB loaders (the ``dataset=raf`` target; ``options``: :class:`adadf.config.dataset.RafConfig`).
+    Standard split: 12,271 train / 3,068 test."""
     train, test = read_raf(resolve_root(root, LAYOUT))
-    return build_image_bundle(
-        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
-        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
-        balanced=balanced, verify_images=verify_images,
-    )
+    return build_image_bundle(train, test, loader_seed=loader_seed, **options)

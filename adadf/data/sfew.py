@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from adadf.data.bundle import DataBundle
 from adadf.data.folder import read_class_folders
@@ -18,24 +19,8 @@ def read_sfew(root: str | Path) -> tuple[ImageIndex, ImageIndex]:
     return (read_class_folders(root, "Train", CLASS_NAMES), read_class_folders(root, "Val", CLASS_NAMES))
 
 
-def build_sfew(
-    *,
-    root: str | None,
-    num_classes: int = 7,
-    batch_size: int = 16,
-    num_workers: int = 4,
-    image_size: int = 224,
-    val_fraction: float = 0.0,
-    pipeline: str = "reference",
-    recipe: str = "tencrop",
-    balanced: bool = False,
-    verify_images: str = "auto",
-    loader_seed: int = 0,
-) -> DataBundle:
-    """SFEW 2.0 loaders (the ``dataset=sfew`` target): ten crops per image by default."""
+def build_sfew(*, root: str | None, loader_seed: int, **options: Any) -> DataBundle:
+    """SFEW 2.0 loaders (the ``dataset=sfew`` target; ``options``: :class:`adadf.config.dataset.SfewConfig`):
+    ten crops per image by default."""
     train, test = read_sfew(resolve_root(root, LAYOUT))
-    return build_image_bundle(
-        train, test, num_classes=num_classes, recipe=recipe, image_size=image_size, pipeline=pipeline,
-        batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed, val_fraction=val_fraction,
-        balanced=balanced, verify_images=verify_images,
-    )
+    return build_image_bundle(train, test, loader_seed=loader_seed, **options)

@@ -11,7 +11,7 @@ background clutter, lighting, noise). Two knobs mimic real FER data:
   (the clean labels are kept; test labels are always clean).
 
 Images are rendered at twice the size with Pillow and box-downsampled (anti-aliasing), stored as
-uint8 ``[N, 3, H, W]`` and cached on disk; augmentation and normalisation run batched on the
+uint8 ``[N, 3, H, W]`` and cached on disk (``adadf.data.cache.cache_dir("synthetic")``); augmentation and normalisation run batched on the
 training device (``TrainBatchTransform`` / ``EvalBatchTransform``).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from adadf.atomic import atomic_open
 from adadf.data.bundle import DataBundle, build_bundle
-from adadf.errors import UserError
+from adadf.data.cache import cache_dir as adadf_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -297,18 +297,10 @@ def generate_synthetic(
 # --------------------------------------------------------------------------------------------
 # Cache
 # --------------------------------------------------------------------------------------------
-def default_cache_dir() -> Path:
-    """``$ADADF_CACHE_DIR``, else ``$XDG_CACHE_HOME/adadf/synthetic``, else ``~/.cache/adadf/synthetic``."""
-    if os.environ.get("ADADF_CACHE_DIR"):
-        return Path(os.environ["ADADF_CACHE_DIR"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "adadf" / "synthetic"
-    return Path.home() / ".cache" / "adadf" / "synthetic"
-
-
 def cache_path(cache_dir: str | os.PathLike | None, **params) -> Path:
-    """Where the data for ``params`` is cached: named by a hash of the params and format version."""
-    root = default_cache_dir() if cache_dir is None else Path(cache_dir).expanduser()
+    """Where the data for ``params`` is cached: named by a hash of the params and format version.
+    ``cache_dir`` None: ``adadf.data.cache.cache_dir("synthetic")``."""
+    root = adadf_cache_dir("synthetic") if cache_dir is None else Path(cache_dir).expanduser()
     key = json.dumps({"format": FORMAT_VERSION, **params}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return root / f"synthetic-v{FORMAT_VERSION}-{digest}.pt"
@@ -418,42 +410,27 @@ class TrainBatchTransform:
 # --------------------------------------------------------------------------------------------
 # Builder (Hydra _target_ of conf/dataset/synthetic.yaml)
 # --------------------------------------------------------------------------------------------
-def _check(ok: bool, key: str, value: object, expected: str) -> None:
-    if not ok:
-        raise UserError(f"dataset.{key}={value}: expected {expected}")
-
-
 def build_synthetic(
     *,
-    root: str | None = None,
-    num_classes: int = 7,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    image_size: int = 64,
-    train_size: int = 2800,
-    test_size: int = 700,
-    label_noise: float = 0.0,
-    ambiguity: float = 0.0,
-    seed: int = 0,
-    loader_seed: int = 0,
-    val_fraction: float = 0.0,
+    root: str | None,
+    num_classes: int,
+    batch_size: int,
+    num_workers: int,
+    image_size: int,
+    train_size: int,
+    test_size: int,
+    label_noise: float,
+    ambiguity: float,
+    seed: int,
+    val_fraction: float,
+    loader_seed: int,
 ) -> DataBundle:
     """The synthetic dataset's loaders (uint8 images) and batch transforms.
 
-    ``root`` is the cache directory (default: see ``default_cache_dir``); ``seed`` fixes the data,
-    ``loader_seed`` the shuffling order.
+    Values are checked by the schema (:class:`adadf.config.dataset.SyntheticConfig`). ``root`` is
+    the cache directory (None: ``adadf.data.cache.cache_dir("synthetic")``); ``seed`` fixes the
+    data, ``loader_seed`` the shuffling order. ``num_classes`` is always 7 (the schema says so).
     """
-    if num_classes != NUM_CLASSES:
-        raise UserError(f"dataset.num_classes={num_classes}: the synthetic dataset has {NUM_CLASSES} classes")
-    _check(batch_size >= 1, "batch_size", batch_size, "an integer >= 1")
-    _check(num_workers >= 0, "num_workers", num_workers, "an integer >= 0")
-    _check(image_size >= 32, "image_size", image_size, "an integer >= 32")
-    _check(train_size >= num_classes, "train_size", train_size, f"an integer >= {num_classes}")
-    _check(test_size >= num_classes, "test_size", test_size, f"an integer >= {num_classes}")
-    _check(0.0 <= label_noise < 1.0, "label_noise", label_noise, "a number in [0, 1)")
-    _check(0.0 <= ambiguity < 1.0, "ambiguity", ambiguity, "a number in [0, 1)")
-    _check(0.0 <= val_fraction < 1.0, "val_fraction", val_fraction, "a number in [0, 1)")
-
     cache_dir = None if root is None else Path(root).expanduser().resolve()
     data = load_or_generate(
         cache_dir,

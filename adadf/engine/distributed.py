@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 if TYPE_CHECKING:
     import torch
     from torch import nn
-    from torch.utils.data import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -263,81 +262,3 @@ class AgreedStopFlag:
         if stop.item():
             raise StopRequested(self.flag.signame or "SIGTERM")
 
-
-# --------------------------------------------------------------------------------------------
-# Samplers
-# --------------------------------------------------------------------------------------------
-class ShardSampler:
-    """Evaluation sharding: rank r gets samples r, r + N, r + 2N, ... (no padding, no shuffle), so
-    summing per-rank counts over all ranks counts every sample exactly once."""
-
-    def __init__(self, num_samples: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, num_samples, world_size)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-class DistributedSamplerWrapper:
-    """Shards any sampler (e.g. class-balanced) across ranks.
-
-    Every rank draws the same full index sequence from the wrapped sampler (it must be a function
-    of the epoch: ``set_epoch`` is passed on), keeps every N-th index from its rank on and, with
-    ``drop_tail`` (training), first truncates the sequence to a multiple of the world size, as
-    ``DistributedSampler(drop_last=True)`` does, so that every rank runs as many batches.
-    """
-
-    def __init__(self, sampler: "Sampler", rank: int, world_size: int, drop_tail: bool = True) -> None:
-        self.sampler = sampler
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_tail = drop_tail
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[int]:
-        indices = list(iter(self.sampler))
-        end = len(indices) - len(indices) % self.world_size if self.drop_tail else len(indices)
-        return iter(indices[self.rank:end:self.world_size])
-
-    def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
-        if self.drop_tail:
-            return n // self.world_size
-        return len(range(self.rank, n, self.world_size))
-
-
-class _Sized:
-    """A stand-in dataset of ``n`` items: ``DistributedSampler`` only needs its length."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def distributed_sampler(
-    dataset_size: int, *, train: bool, seed: int, sampler: "Sampler | None" = None, world: World | None = None
-) -> "Sampler | None":
-    """The sampler a loader needs in this world, or ``sampler`` unchanged in a single process.
-
-    Training: ``DistributedSampler`` (shuffled from ``seed`` and the epoch, tail dropped) or the
-    given ``sampler`` sharded; evaluation: ``ShardSampler`` (or the given sampler sharded, no drop).
-    """
-    world = current_world() if world is None else world
-    if not world.enabled:
-        return sampler
-    if sampler is not None:
-        return DistributedSamplerWrapper(sampler, world.rank, world.size, drop_tail=train)
-    if not train:
-        return ShardSampler(dataset_size, world.rank, world.size)
-    from torch.utils.data import DistributedSampler
-
-    return DistributedSampler(_Sized(dataset_size), num_replicas=world.size, rank=world.rank,  # type: ignore[arg-type]
-                              shuffle=True, seed=seed, drop_last=True)

@@ -1,0 +1,102 @@
+"""Schemas of the ``dataset`` config group: every key's default and range, written once.
+
+One dataclass per option of ``conf/dataset/`` (:data:`DATASET_SCHEMAS`, keyed by the option name),
+registered with Hydra's ConfigStore as ``schema/dataset/<option>``; each YAML file extends its schema
+and holds only what differs. The builder named by ``_target_`` takes exactly these keys (minus
+``_target_``) plus the run's ``loader_seed`` and keeps no defaults of its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional
+
+from adadf.config.fields import at_least, half_open01, one_of, ranged
+
+PIPELINES = ("reference", "fast", "device")
+RECIPES = ("standard", "tencrop")
+VERIFY_MODES = ("auto", "decode", "exists")
+
+
+@dataclass
+class DatasetConfig:
+    """Keys every dataset has."""
+
+    _target_: str = ""
+    root: Optional[str] = None  # relative paths are taken from the launch directory
+    num_classes: int = ranged(7, *at_least(2))
+    batch_size: int = ranged(64, *at_least(1))
+    num_workers: int = ranged(4, *at_least(0))
+    image_size: int = ranged(224, *at_least(16))
+    val_fraction: float = ranged(0.0, *half_open01())  # > 0: a stratified validation split of train
+
+
+@dataclass
+class ImageDatasetConfig(DatasetConfig):
+    """Datasets of image files (everything but the built-in synthetic one)."""
+
+    pipeline: str = ranged("reference", *one_of(*PIPELINES))
+    recipe: str = ranged("standard", *one_of(*RECIPES))
+    balanced: bool = False  # class-balanced sampler
+    verify_images: str = ranged("auto", *one_of(*VERIFY_MODES))
+
+
+@dataclass
+class SyntheticConfig(DatasetConfig):
+    _target_: str = "adadf.data.synthetic.build_synthetic"
+    num_classes: int = ranged(7, lambda x: x == 7, "7 (the synthetic dataset's classes)")
+    num_workers: int = ranged(0, *at_least(0))
+    image_size: int = ranged(48, *at_least(32))
+    train_size: int = ranged(2100, *at_least(7))
+    test_size: int = ranged(700, *at_least(7))
+    label_noise: float = ranged(0.0, *half_open01())
+    ambiguity: float = ranged(0.0, *half_open01())
+    seed: int = 0  # fixes the data (the run's seed fixes the order)
+
+
+@dataclass
+class RafConfig(ImageDatasetConfig):
+    _target_: str = "adadf.data.raf.build_raf"
+    root: Optional[str] = "datasets/raf-basic"
+    pipeline: str = ranged("fast", *one_of(*PIPELINES))
+
+
+@dataclass
+class AffectNet7Config(ImageDatasetConfig):
+    _target_: str = "adadf.data.affectnet.build_affectnet"
+    root: Optional[str] = "datasets/affectnet"
+    num_classes: int = ranged(7, lambda x: x in (7, 8), "7 or 8")
+    balanced: bool = True
+    cache_dir: Optional[str] = None  # index cache fallback when the root is read-only
+
+
+@dataclass
+class AffectNet8Config(AffectNet7Config):
+    num_classes: int = ranged(8, lambda x: x in (7, 8), "7 or 8")
+
+
+@dataclass
+class SfewConfig(ImageDatasetConfig):
+    _target_: str = "adadf.data.sfew.build_sfew"
+    root: Optional[str] = "datasets/sfew"
+    batch_size: int = ranged(16, *at_least(1))
+    recipe: str = ranged("tencrop", *one_of(*RECIPES))
+
+
+@dataclass
+class FolderConfig(ImageDatasetConfig):
+    _target_: str = "adadf.data.folder.build_folder"
+    train_dir: str = "train"
+    test_dir: str = "test"
+    train_csv: Optional[str] = None
+    test_csv: Optional[str] = None
+    class_names: Optional[List[str]] = None
+
+
+DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {
+    "synthetic": SyntheticConfig,
+    "raf": RafConfig,
+    "affectnet7": AffectNet7Config,
+    "affectnet8": AffectNet8Config,
+    "sfew": SfewConfig,
+    "folder": FolderConfig,
+}
