@@ -4,7 +4,9 @@ A low layer: it imports only ``adadf.errors``, ``adadf.atomic`` and third-party 
 entry points (``adadf.align``, ``adadf.predict``) can use it without pulling in training code.
 """
 from adadf.faces.crops import FACE_MODES, FaceCrop, face_crops, wants_detection, whole_image
-from adadf.faces.detector import LANDMARK_NAMES, DetectorUnavailable, Face, FaceDetector, pick_face
+from adadf.faces.detector import (
+    LANDMARK_NAMES, DetectorUnavailable, build_detector, Face, FaceDetector, pick_face,
+)
 from adadf.faces.geometry import (
     ARCFACE_112, DEFAULT_PADDING, align_face, alignment_matrix, apply_transform, similarity_transform,
     template_points,
@@ -12,6 +14,6 @@ from adadf.faces.geometry import (
 
 __all__ = [
     "ARCFACE_112", "DEFAULT_PADDING", "FACE_MODES", "LANDMARK_NAMES", "DetectorUnavailable", "Face", "FaceCrop",
-    "FaceDetector", "align_face", "alignment_matrix", "apply_transform", "face_crops", "pick_face",
+    "FaceDetector", "align_face", "alignment_matrix", "apply_transform", "build_detector", "face_crops", "pick_face",
     "similarity_transform", "template_points", "wants_detection", "whole_image",
 ]

@@ -6,8 +6,9 @@ configs pick one by ``_target_`` (``adadf.faces.mtcnn.MTCNNDetector`` today), so
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -56,4 +57,30 @@ def pick_face(faces: list[Face], policy: str = "largest") -> Face:
         return max(faces, key=lambda f: (f.area, f.score))
     if policy == "confident":
         return max(faces, key=lambda f: (f.score, f.area))
-    raise UserError(f"multiple={policy}: expected one of {', '.join(PICK_POLICIES)} (or skip)")
+    raise UserError(f"face policy {policy!r}: expected one of {', '.join(PICK_POLICIES)}")
+
+
+def build_detector(config: Mapping[str, Any]) -> FaceDetector:
+    """The detector a config node names by ``_target_`` (a plain mapping, e.g. from OmegaConf).
+
+    Hydra wraps constructor errors in a multi-line InstantiationException; a UserError inside (a
+    missing package) is re-raised as the one line it is.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    target = config.get("_target_")
+    if not target:
+        raise UserError("detector._target_: missing; expected e.g. adadf.faces.mtcnn.MTCNNDetector")
+    try:
+        detector = instantiate(dict(config))
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        first = str(cause or err).strip().splitlines()
+        raise UserError(f"detector._target_={target}: cannot build the detector "
+                        f"({first[-1] if first else type(cause or err).__name__})") from None
+    if not isinstance(detector, FaceDetector):
+        raise UserError(f"detector._target_={target}: not a face detector (expected a detect(image) method)")
+    return detector
