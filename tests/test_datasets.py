@@ -261,7 +261,7 @@ def test_grayscale_and_rgba_become_rgb(data):
 def test_affectnet_balanced_sampler_in_loader(data):
     bundle = build("affectnet8", root=str(data / "affectnet"), **SMALL)
     sampler = bundle.train_loader.sampler
-    assert isinstance(sampler, ClassBalancedSampler)
+    assert isinstance(sampler.sampler, ClassBalancedSampler)  # in the recorder of the delivery order
     assert len(sampler) == 16 and len(bundle.train_loader) == 4  # min count 2 x 8 classes
     labels = torch.cat([y for _, y in bundle.train_loader])
     assert torch.bincount(labels, minlength=8).tolist() == [2] * 8
@@ -502,7 +502,8 @@ def test_check_split_catches_bad_labels_and_missing_files(data):
     with pytest.raises(UserError) as err:
         build_image_bundle(ImageIndex(root, [], [], ["cat", "dog", "owl"]), missing, num_classes=3,
                            recipe="standard", image_size=32, pipeline="reference", batch_size=2, num_workers=0,
-                           loader_seed=0, val_fraction=0.0, balanced=False, verify_images="auto")
+                           loader_seed=0, val_fraction=0.0, balanced=False, verify_images="auto", label_noise=0.0,
+                           noise_seed=None)
     one_line_error(err, "the train split is empty")
 
 

@@ -166,7 +166,7 @@ def test_fast_bundle_options(raf, cache):
                    val_fraction=0.25, balanced=True)
     assert bundle.val_loader is not None
     assert len(bundle.val_loader.dataset) + len(bundle.clean_train_loader.dataset) == len(train)
-    assert type(bundle.train_loader.sampler).__name__ == "ClassBalancedSampler"
+    assert type(bundle.train_loader.sampler.sampler).__name__ == "ClassBalancedSampler"
     images, _ = next(iter(bundle.train_loader))
     assert images.shape[-1] == 16  # stored at the recipe's size when it is below the images' 40 px
     with pytest.raises(UserError, match="dataset.pipeline=fast"):

@@ -21,7 +21,7 @@ from adadf.data.synthetic import (
 from adadf.errors import UserError
 
 C = len(CLASS_NAMES)
-SMALL = dict(train_size=70, test_size=35, image_size=32, label_noise=0.0, ambiguity=0.0, seed=0)
+SMALL = dict(train_size=70, test_size=35, image_size=32, ambiguity=0.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_shapes_and_dtypes(small):
     assert small["train_images"].shape == (70, 3, 32, 32)
     assert small["test_images"].shape == (35, 3, 32, 32)
     assert small["train_images"].dtype == small["test_images"].dtype == torch.uint8
-    for key in ("train_labels", "train_clean_labels", "test_labels"):
+    for key in ("train_labels", "train_labels", "test_labels"):
         assert small[key].dtype == torch.int64
         assert int(small[key].min()) >= 0 and int(small[key].max()) < C
     assert small["train_soft_labels"].shape == (70, C) and small["train_soft_labels"].dtype == torch.float32
@@ -58,34 +58,20 @@ def test_same_seed_same_data_other_seed_other_data(small):
 
 def test_classes_are_balanced():
     data = generate_synthetic(**{**SMALL, "train_size": 72, "test_size": 35})
-    train_counts = torch.bincount(data["train_clean_labels"], minlength=C)
+    train_counts = torch.bincount(data["train_labels"], minlength=C)
     assert int(train_counts.max() - train_counts.min()) <= 1 and int(train_counts.sum()) == 72
     assert torch.equal(torch.bincount(data["test_labels"], minlength=C), torch.full((C,), 5))
 
 
-def test_label_noise_changes_about_that_fraction_of_train_labels_only():
-    clean = generate_synthetic(**{**SMALL, "train_size": 1400, "test_size": 70, "image_size": 32})
-    noisy = generate_synthetic(**{**SMALL, "train_size": 1400, "test_size": 70, "image_size": 32,
-                                  "label_noise": 0.3})
-    changed = noisy["train_labels"] != noisy["train_clean_labels"]
-    assert 0.25 < changed.float().mean().item() < 0.35
-    # Clean labels and all test labels are untouched; without noise, labels are the clean ones.
-    assert torch.equal(noisy["train_clean_labels"], clean["train_clean_labels"])
-    assert torch.equal(noisy["test_labels"], clean["test_labels"])
-    assert torch.equal(clean["train_labels"], clean["train_clean_labels"])
-    # Flipped labels are spread over the other classes.
-    assert len(torch.unique(noisy["train_labels"][changed])) == C
-
-
 def test_soft_labels_one_hot_without_ambiguity(small):
     soft = small["train_soft_labels"]
-    assert torch.equal(soft, F.one_hot(small["train_clean_labels"], C).float())
+    assert torch.equal(soft, F.one_hot(small["train_labels"], C).float())
     assert torch.equal(small["test_soft_labels"], F.one_hot(small["test_labels"], C).float())
 
 
 def test_ambiguity_blends_two_classes():
     data = generate_synthetic(**{**SMALL, "train_size": 350, "test_size": 140, "ambiguity": 0.5})
-    for split, labels in (("train", data["train_clean_labels"]), ("test", data["test_labels"])):
+    for split, labels in (("train", data["train_labels"]), ("test", data["test_labels"])):
         soft = data[f"{split}_soft_labels"]
         assert torch.allclose(soft.sum(1), torch.ones(len(soft)))
         nonzero = (soft > 0).sum(1)
@@ -167,11 +153,12 @@ def test_build_synthetic_bundle(tmp_path):
     assert images.shape == (16, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
     assert len(bundle.train_loader) == 70 // 16  # drop_last
     assert sum(len(y) for _, y in bundle.test_loader) == 35
-    data = load_or_generate(tmp_path, train_size=70, test_size=35, image_size=32, label_noise=0.2,
-                            ambiguity=0.0, seed=0)
+    data = load_or_generate(tmp_path, train_size=70, test_size=35, image_size=32, ambiguity=0.0, seed=0)
     clean_images, clean_labels = zip(*bundle.clean_train_loader)
     assert torch.equal(torch.cat(clean_images), data["train_images"])  # every sample once, in order
-    assert torch.equal(torch.cat(clean_labels), data["train_labels"])  # the labels training sees
+    assert torch.cat(clean_labels).tolist() == bundle.train_labels  # the labels training sees (noisy)
+    assert bundle.clean_train_labels == data["train_labels"].tolist()
+    assert len(bundle.flipped()) == round(0.2 * 70) and bundle.train_paths[3] == "synthetic/train/000003"
     # loader_seed fixes the shuffle order.
     again = build("synthetic", root=str(tmp_path), train_size=70, test_size=35, image_size=32, batch_size=16,
                   label_noise=0.2, loader_seed=5)
@@ -217,7 +204,7 @@ def test_batch_transforms(small):
 
 def test_classes_are_learnable_from_random_features():
     """A linear probe on frozen random conv features beats chance (1/7) by far."""
-    data = generate_synthetic(train_size=700, test_size=350, image_size=32, label_noise=0.0, ambiguity=0.0, seed=0)
+    data = generate_synthetic(train_size=700, test_size=350, image_size=32, ambiguity=0.0, seed=0)
     gen = torch.Generator().manual_seed(0)
     kernels = torch.randn(64, 3, 5, 5, generator=gen) / 5
 

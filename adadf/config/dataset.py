@@ -28,6 +28,8 @@ class DatasetConfig:
     num_workers: int = ranged(4, *at_least(0))
     image_size: int = ranged(224, *at_least(16))
     val_fraction: float = ranged(0.0, *half_open01())  # > 0: a stratified validation split of train
+    label_noise: float = ranged(0.0, *half_open01())  # fraction of training labels flipped (adadf.data.noise)
+    noise_seed: Optional[int] = None  # seeds the flips; None: the run's seed
 
 
 @dataclass
@@ -48,7 +50,6 @@ class SyntheticConfig(DatasetConfig):
     image_size: int = ranged(48, *at_least(32))
     train_size: int = ranged(2100, *at_least(7))
     test_size: int = ranged(700, *at_least(7))
-    label_noise: float = ranged(0.0, *half_open01())
     ambiguity: float = ranged(0.0, *half_open01())
     seed: int = 0  # fixes the data (the run's seed fixes the order)
 

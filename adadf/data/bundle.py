@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-from adadf.data.samplers import distributed_sampler
+from adadf.data.noise import flip_labels
+from adadf.data.samplers import distributed_sampler, recording
 from adadf.errors import UserError
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -21,6 +22,11 @@ class DataBundle:
     ``[B, num_crops, 3, H, W]``. When a ``*_batch_transform`` is set, the loader yields raw uint8
     images and the trainer applies the transform on the training device (batched augmentation and
     normalisation); otherwise images arrive normalised.
+
+    Per training sample ``i`` (the index the training sampler yields, also the position in
+    ``clean_train_loader``): ``train_paths[i]`` (relative to the dataset root, or an id such as
+    ``synthetic/train/000123``) and ``train_labels[i]``, the label as trained (noisy under
+    ``dataset.label_noise``; ``clean_train_labels`` then holds the originals, else it is None).
     """
 
     train_loader: DataLoader
@@ -28,10 +34,50 @@ class DataBundle:
     clean_train_loader: DataLoader  # training images, test transform, each sample once, in order
     num_classes: int
     class_names: list[str]
+    train_paths: list[str]
+    train_labels: list[int]
+    clean_train_labels: list[int] | None = None
     val_loader: DataLoader | None = None
     num_crops: int = 1
     train_batch_transform: BatchTransform | None = None
     eval_batch_transform: BatchTransform | None = None
+
+    def flipped(self) -> list[FlippedLabel]:
+        """The training samples whose label noise changed, in index order (empty without noise)."""
+        if self.clean_train_labels is None:
+            return []
+        return [FlippedLabel(i, self.train_paths[i], clean, noisy)
+                for i, (clean, noisy) in enumerate(zip(self.clean_train_labels, self.train_labels)) if clean != noisy]
+
+    def train_order(self) -> list[int]:
+        """Sample indices of the most recently started training-loader iteration, in delivery order:
+        batch ``k`` holds ``order[k * B:(k + 1) * B]`` (a dropped last partial batch is left out)."""
+        order = self.train_loader.sampler.order  # type: ignore[union-attr]
+        delivered = len(self.train_loader) * (self.train_loader.batch_size or 1)
+        return list(order[:delivered])
+
+
+class FlippedLabel(NamedTuple):
+    """One training sample whose label ``dataset.label_noise`` changed."""
+
+    index: int
+    path: str
+    clean: int
+    noisy: int
+
+
+class Relabeled(Dataset):
+    """``dataset``'s items with the labels replaced by ``labels`` (label noise)."""
+
+    def __init__(self, dataset: Dataset, labels: Sequence[int]) -> None:
+        self.dataset = dataset
+        self.labels = list(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.dataset[i][0], self.labels[i]
 
 
 def make_loader(
@@ -47,14 +93,16 @@ def make_loader(
     """A loader with the reference's settings: training shuffles and drops the last partial batch.
 
     Under torchrun (an initialised process group) each rank gets its shard
-    (:func:`adadf.data.samplers.distributed_sampler`).
+    (:func:`adadf.data.samplers.distributed_sampler`). A training loader's sampler records each
+    epoch's order (:func:`adadf.data.samplers.recording`: the same draws as ``shuffle=True``).
     """
     sampler = distributed_sampler(len(dataset), train=train, seed=seed, sampler=sampler)
     generator = torch.Generator().manual_seed(seed)
+    if train:
+        sampler = recording(sampler, dataset, generator)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
@@ -93,11 +141,14 @@ def build_bundle(
     test_set: Dataset,
     clean_train_set: Dataset,
     train_labels: Sequence[int],
+    train_paths: Sequence[str],
     class_names: list[str],
     batch_size: int,
     num_workers: int,
     loader_seed: int,
     val_fraction: float,
+    label_noise: float,
+    noise_seed: int | None,
     eval_workers: int | None = None,
     train_sampler: Callable[[Sequence[int]], Sampler] | None = None,
     num_crops: int = 1,
@@ -111,18 +162,26 @@ def build_bundle(
     a stratified part of the training set as validation (the honest protocol). ``train_sampler``
     builds a sampler from the labels of the (possibly reduced) training set, e.g. class-balanced.
     ``eval_workers`` (default ``num_workers``) serves the evaluation loaders: 0 where an item costs
-    nothing to load.
+    nothing to load. ``label_noise`` flips that fraction of the (kept) training labels
+    (:func:`adadf.data.noise.flip_labels`, seeded by ``noise_seed``, None: ``loader_seed``, the run's
+    seed); validation and test labels stay clean.
     """
     eval_workers = num_workers if eval_workers is None else eval_workers
     val_loader = None
-    labels = list(train_labels)
+    labels, paths = list(train_labels), list(train_paths)
     if val_fraction > 0:
         keep, held = stratified_split(labels, val_fraction, loader_seed)
         val_set = Subset(clean_train_set, held)
         train_set, clean_train_set = Subset(train_set, keep), Subset(clean_train_set, keep)
-        labels = [labels[i] for i in keep]
+        labels, paths = [labels[i] for i in keep], [paths[i] for i in keep]
         val_loader = make_loader(val_set, batch_size=batch_size, num_workers=eval_workers, train=False,
                                  seed=loader_seed)
+    clean_labels = None
+    if label_noise > 0:
+        clean_labels = labels
+        labels = flip_labels(clean_labels, len(class_names), label_noise,
+                             loader_seed if noise_seed is None else noise_seed)
+        train_set, clean_train_set = Relabeled(train_set, labels), Relabeled(clean_train_set, labels)
     sampler = train_sampler(labels) if train_sampler is not None else None
     return DataBundle(
         train_loader=make_loader(train_set, batch_size=batch_size, num_workers=num_workers, train=True,
@@ -133,6 +192,9 @@ def build_bundle(
                                        train=False, seed=loader_seed),
         num_classes=len(class_names),
         class_names=class_names,
+        train_paths=paths,
+        train_labels=labels,
+        clean_train_labels=clean_labels,
         val_loader=val_loader,
         num_crops=num_crops,
         train_batch_transform=train_batch_transform,

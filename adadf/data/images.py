@@ -151,13 +151,16 @@ def build_image_bundle(
     val_fraction: float,
     balanced: bool,
     verify_images: str,
+    label_noise: float,
+    noise_seed: int | None,
 ) -> DataBundle:
     """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here;
     its builder passes on the options of its schema, :mod:`adadf.config.dataset`).
 
     ``recipe`` names the augmentation recipe, scaled to ``image_size`` (:func:`make_recipe`);
     ``balanced`` uses :class:`ClassBalancedSampler` for training; ``val_fraction`` holds out a
-    stratified part of the training split as validation (``build_bundle``).
+    stratified part of the training split as validation, ``label_noise`` flips that fraction of the
+    training labels (``build_bundle``).
     """
     check_class_names(train_index.class_names, num_classes)
     recipe = make_recipe(recipe, image_size)
@@ -169,9 +172,10 @@ def build_image_bundle(
     if balanced:
         sampler = partial(ClassBalancedSampler, num_classes=len(train_index.class_names), seed=loader_seed,
                           class_names=train_index.class_names)
-    common = dict(train_labels=train_index.labels, class_names=list(train_index.class_names),
-                  batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
-                  val_fraction=val_fraction, train_sampler=sampler)
+    common = dict(train_labels=train_index.labels, train_paths=train_index.paths,
+                  class_names=list(train_index.class_names), batch_size=batch_size, num_workers=num_workers,
+                  loader_seed=loader_seed, val_fraction=val_fraction, label_noise=label_noise,
+                  noise_seed=noise_seed, train_sampler=sampler)
     if pipeline in ("fast", "device"):
         return build_fast_bundle(train_index, test_index, recipe, augment_on=pipeline.replace("fast", "workers"),
                                  **common)

@@ -3,12 +3,12 @@
 Each class is a vector of expression parameters (mouth curvature / openness / width, teeth, eye
 openness, brow height / tilt, nose wrinkle, forehead lines); each sample draws its own intensity and
 jitter around its class, plus nuisance variation (position, scale, rotation, skin tone, hair,
-background clutter, lighting, noise). Two knobs mimic real FER data:
+background clutter, lighting, noise). One knob mimics real FER data:
 
 - ``ambiguity``: with this probability a sample's parameters are blended with another class
   (weight ``w`` in [0.2, 0.5]); its true label distribution ``[1 - w, w]`` is stored as a soft label.
-- ``label_noise``: with this probability a *training* label is replaced by a random other class
-  (the clean labels are kept; test labels are always clean).
+- label noise is not the data's own: ``dataset.label_noise`` flips training labels for every
+  dataset the same way (:mod:`adadf.data.noise`).
 
 Images are rendered at twice the size with Pillow and box-downsampled (anti-aliasing), stored as
 uint8 ``[N, 3, H, W]`` and cached on disk (``adadf.data.cache.cache_dir("synthetic")``); augmentation and normalisation run batched on the
@@ -263,30 +263,23 @@ def generate_synthetic(
     train_size: int,
     test_size: int,
     image_size: int = 64,
-    label_noise: float = 0.0,
     ambiguity: float = 0.0,
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Render the train and test splits; deterministic from ``seed``.
 
-    Returns ``train_images`` / ``test_images`` uint8 [N, 3, H, W], ``train_labels`` (after label
-    noise), ``train_clean_labels``, ``test_labels`` int64 [N], and ``train_soft_labels`` /
+    Returns ``train_images`` / ``test_images`` uint8 [N, 3, H, W], ``train_labels`` /
+    ``test_labels`` int64 [N] (the stated classes), and ``train_soft_labels`` /
     ``test_soft_labels`` float32 [N, C] (the true label distribution of each sample).
     The test split has its own random stream, so it does not change with ``train_size``.
     """
     train_rng = np.random.default_rng([seed, 0])
     test_rng = np.random.default_rng([seed, 1])
-    train_images, train_clean, train_soft = _make_split(train_rng, train_size, image_size, ambiguity)
+    train_images, train_labels, train_soft = _make_split(train_rng, train_size, image_size, ambiguity)
     test_images, test_labels, test_soft = _make_split(test_rng, test_size, image_size, ambiguity)
-
-    flip = train_rng.random(train_size) < label_noise
-    offset = train_rng.integers(1, NUM_CLASSES, size=train_size)
-    clean = train_clean.numpy()
-    noisy = np.where(flip, (clean + offset) % NUM_CLASSES, clean)
     return {
         "train_images": train_images,
-        "train_labels": torch.from_numpy(noisy.astype(np.int64)),
-        "train_clean_labels": train_clean,
+        "train_labels": train_labels,
         "train_soft_labels": train_soft,
         "test_images": test_images,
         "test_labels": test_labels,
@@ -419,10 +412,11 @@ def build_synthetic(
     image_size: int,
     train_size: int,
     test_size: int,
-    label_noise: float,
     ambiguity: float,
     seed: int,
     val_fraction: float,
+    label_noise: float,
+    noise_seed: int | None,
     loader_seed: int,
 ) -> DataBundle:
     """The synthetic dataset's loaders (uint8 images) and batch transforms.
@@ -437,7 +431,6 @@ def build_synthetic(
         train_size=int(train_size),
         test_size=int(test_size),
         image_size=int(image_size),
-        label_noise=float(label_noise),
         ambiguity=float(ambiguity),
         seed=int(seed),
     )
@@ -446,7 +439,8 @@ def build_synthetic(
     return build_bundle(  # val_fraction > 0: a stratified validation split of the training set
         train_set=train_set, test_set=test_set, clean_train_set=train_set,
         train_labels=data["train_labels"].tolist(), class_names=list(CLASS_NAMES),
+        train_paths=[f"synthetic/train/{i:06d}" for i in range(len(train_set))],
         batch_size=batch_size, num_workers=num_workers, loader_seed=loader_seed,
-        val_fraction=val_fraction,
+        val_fraction=val_fraction, label_noise=label_noise, noise_seed=noise_seed,
         train_batch_transform=TrainBatchTransform(), eval_batch_transform=EvalBatchTransform(),
     )
