@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 
 import fakedata
 from fakedata import build
-from adadf.config import validate_config
+from adadf.config import instantiate_node, validate_config
 from adadf.config.dataset import DATASET_SCHEMAS
 from adadf.data import affectnet
 from adadf.data.affectnet import read_affectnet
@@ -631,3 +631,23 @@ def test_yaml_option_extends_its_schema(compose_cfg, option):
     assert OmegaConf.to_container(cfg.dataset) == OmegaConf.to_container(OmegaConf.structured(DATASET_SCHEMAS[option]))
     with pytest.raises(Exception, match="no_such_key"):  # a typo'd key fails at compose time
         compose_cfg([f"dataset={option}", "dataset.no_such_key=1"])
+
+
+@pytest.mark.parametrize("option", sorted(DATASET_SCHEMAS))
+def test_debug_fast_composes_with_every_dataset(compose_cfg, option, data, tmp_path, monkeypatch):
+    """Issue 12: `debug=fast dataset=folder` failed with "build_folder() got an unexpected keyword
+    argument 'train_size'". The smoke config now sets only keys every dataset has."""
+    roots = {"raf": "raf", "affectnet7": "affectnet", "affectnet8": "affectnet", "sfew": "sfew", "folder": "folder"}
+    overrides = ["debug=fast", f"dataset={option}", "dataset.num_workers=0"]
+    if option in roots:
+        overrides.append(f"dataset.root={data / roots[option]}")
+    if option == "folder":
+        overrides.append("dataset.num_classes=3")
+    monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path))
+    cfg = compose_cfg(overrides)
+    assert (cfg.dataset.image_size, cfg.dataset.batch_size, cfg.trainer.epochs) == (32, 16, 1)
+    if option == "synthetic":
+        assert (cfg.dataset.train_size, cfg.dataset.test_size) == (140, 70)
+    cfg.dataset.batch_size = 2  # the tiny layouts hold 14-18 training images
+    bundle = instantiate_node(cfg.dataset, "dataset", loader_seed=0)
+    assert bundle.num_classes == cfg.dataset.num_classes and len(bundle.train_loader) >= 1

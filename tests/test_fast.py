@@ -157,7 +157,8 @@ def test_fast_bundle_end_to_end(raf, cache):
     test_images, _ = next(iter(bundle.test_loader))
     assert bundle.eval_batch_transform(test_images).shape == (4, 3, 64, 64)
     assert len(bundle.train_loader) == 28 // 4 and len(bundle.clean_train_loader.dataset) == 28
-    assert sorted(p.name.split("-")[0] for p in cache.iterdir()) == ["test", "train"]
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*.npy")) == ["test", "train"]
+    assert sorted(p.name.split("-")[0] for p in cache.glob("*.npy.sha256")) == ["test", "train"]
 
 
 def test_fast_bundle_options(raf, cache):

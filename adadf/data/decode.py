@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from adadf.errors import UserError
@@ -36,9 +37,34 @@ def reason(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit_gray(image: Image.Image) -> Image.Image:
+    """A high-bit-depth grayscale image (:data:`HIGH_BIT_DEPTH`) scaled to mode ``L``.
+
+    Pillow's own ``convert`` clips these to 0..255 (a 16-bit PNG turns almost white). Here ``I;16*``
+    is scaled from 16 bits (/257); ``I`` (32-bit integers, what TIFF and other readers give for
+    16-bit data) from 16 bits when every value fits in 16 bits, else from 32; ``F`` from [0, 1] when
+    every value lies in it, else taken as 0..255. Negative values become 0.
+    """
+    values = np.asarray(image).astype(np.float64)  # [H, W]
+    if image.mode == "F":
+        values = np.nan_to_num(values)
+        scale = 255.0 if values.size == 0 or values.max() <= 1.0 else 1.0
+    elif image.mode == "I" and values.size and values.max() > 65535:
+        scale = 255.0 / (2**32 - 1)
+    else:
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit RGB: grayscale, palette, CMYK and RGBA are converted (alpha dropped)."""
-    if image.mode in ("P", "PA", "LA"):
+    """``image`` as 8-bit RGB: high bit depths scaled (:func:`to_8bit_gray`); grayscale, palette
+    (with transparency), CMYK and RGBA converted, alpha dropped."""
+    if image.mode in HIGH_BIT_DEPTH:
+        image = to_8bit_gray(image)
+    elif image.mode in ("P", "PA", "LA"):
         image = image.convert("RGBA")
     return image.convert("RGB")
 

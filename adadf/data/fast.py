@@ -4,12 +4,14 @@ The reference pipeline (``dataset.pipeline=reference``, :mod:`adadf.data.transfo
 JPEG every epoch, resizes it to 224 px and runs the whole recipe per image in PIL on the CPU. Here:
 
 1. **Decoded image cache.** Every image of a split is decoded once (threads, tqdm progress bar),
-   resized to ``S`` x ``S`` if it is not that size already (bilinear, aspect not
-   kept: the recipe's own first step) and stored as one uint8 ``[N, S, S, 3]`` ``.npy`` file under
-   ``cache_dir("images")`` (:mod:`adadf.data.cache`: ``$ADADF_CACHE_DIR/images``, else ``~/.cache/adadf/images``).
-   The file name is a hash of the split's files (relative path, size, modification time), the
-   resolved root and ``S``, so it is reused across epochs and runs and rebuilt when an image
-   changes. It is memory-mapped: workers share the page cache (RAF-DB at 100 px is ~370 MB). ``S``
+   resized to ``S`` x ``S`` if it is not that size already (bilinear, aspect not kept: the
+   recipe's own first step) and stored as one uint8 ``[N, S, S, 3]`` ``.npy`` file under
+   ``cache_dir("images")`` (:mod:`adadf.data.cache`: ``$ADADF_CACHE_DIR/images``, else
+   ``~/.cache/adadf/images``). The file name is a hash of the split's files (relative path, size,
+   modification time), the resolved root and ``S``, so it is reused across epochs and runs and
+   rebuilt when an image changes. Its SHA-256 is written atomically beside it (``<name>.sha256``)
+   and checked whenever the cache is opened: a file whose bytes changed is rebuilt, with a warning
+   naming it. It is memory-mapped: workers share the page cache (RAF-DB at 100 px is ~370 MB). ``S``
    defaults to the smaller of the recipe's resize and the first image's larger side (RAF-DB: its
    native 100 px, so the cache is lossless).
 2. **Per image, in DataLoader workers, at the stored size:** timm's RandAugment (the recipe's
@@ -70,11 +72,12 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from adadf.atomic import atomic_path
+from adadf.atomic import atomic_open, atomic_path
 from adadf.data.batch_randaugment import BatchRandAugment
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir
 from adadf.data.decode import larger_side, load_rgb
+from adadf.data.decode import reason as decode_reason
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
 from adadf.errors import UserError
@@ -113,19 +116,43 @@ def _decode(path: Path, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)  # [S, S, 3]
 
 
+def digest_path(path: Path) -> Path:
+    """The file beside a cache that holds its SHA-256 (``<name>.sha256``, ``sha256sum`` format)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # ~1 s for RAF-DB's 370 MB
+
+
+def cache_problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why the cache file at ``path`` cannot be used (None: it can): unreadable, another shape, or
+    content that no longer matches the digest written beside it (changed bytes, not only truncation)."""
+    try:
+        cached = np.load(path, mmap_mode="r")
+        if cached.shape != shape or cached.dtype != np.uint8:
+            return f"holds {cached.dtype} {cached.shape}, expected uint8 {shape}"
+        del cached
+        expected = digest_path(path).read_text().split()[0]
+    except (OSError, ValueError, IndexError) as err:
+        return f"unreadable or without its digest ({decode_reason(err)})"
+    if file_digest(path) != expected:
+        return f"content does not match its digest {digest_path(path).name} (changed on disk)"
+    return None
+
+
 def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int | None = None) -> Path:
-    """The uint8 ``[N, size, size, 3]`` .npy file of ``index``'s decoded images (built if missing)."""
+    """The uint8 ``[N, size, size, 3]`` .npy file of ``index``'s decoded images (built if missing,
+    rebuilt if its content check fails), with its SHA-256 written atomically beside it."""
     root = cache_dir("images")
     path = root / f"{split}-{len(index)}x{size}px-{cache_key(index, size)}.npy"
     if path.is_file():
-        try:
-            cached = np.load(path, mmap_mode="r")
-            if cached.shape == (len(index), size, size, 3) and cached.dtype == np.uint8:
-                log.info("decoded %s images: %s", split, path)
-                return path
-        except (OSError, ValueError):
-            pass
-        log.warning("rebuilding unreadable image cache %s", path)
+        problem = cache_problem(path, (len(index), size, size, 3))
+        if problem is None:
+            log.info("decoded %s images: %s", split, path)
+            return path
+        log.warning("image cache %s: %s; rebuilding it", path, problem)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -143,6 +170,9 @@ def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int
                 out[i] = pixels
         out.flush()
         del out
+        digest = file_digest(tmp)
+    with atomic_open(digest_path(path), "w") as f:  # after the cache: a crash between leaves no digest
+        f.write(f"{digest}  {path.name}\n")
     log.info("decoded %d %s images to %d px in %.1f s: %s (%.0f MB)", len(index), split, size,
              time.perf_counter() - start, path, path.stat().st_size / 2**20)
     return path
