@@ -149,7 +149,14 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     device = resolve_device(str(cfg.device))
     backbone = cfg.backbone.name if cfg.get("backbone") else None
     model = inference.load_model(checkpoint, num_classes, backbone, device)
-    paths = list_inputs(_absolute(cfg.input, to_absolute_path))
+    source = Path(_absolute(cfg.input, to_absolute_path))
+    paths = None if _is_video(source) else list_inputs(source)
+    model_size = int(dataset.get("image_size") or 0)
+    if paths is None or uses_faces(str(cfg.get("faces", "none")), paths, model_size,
+                                   float(cfg.get("auto_factor", 2.0))):
+        out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
+        return predict_faces_command(cfg, model, inference.image_transform(dataset), names, model_size, device,
+                                     source, paths, out)
     done, probs, skipped = predict_files(
         model, paths, inference.image_transform(dataset), tta=bool(cfg.tta),
         batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), device=device,
@@ -161,6 +168,241 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     log.info("%d images predicted%s -> %s", len(done),
              f", {len(skipped)} unreadable skipped" if skipped else "", out)
     return {"predictions": out, "num_predicted": len(done), "skipped": [str(p) for p in skipped]}
+
+
+# ------------------------------------------------------------------------------------ faces
+# faces=detect|auto, and video input: every face found in a photo or frame is aligned like
+# adadf-align does and predicted on its own (docs/faces.md).
+LANDMARK_COLUMNS = [f"{name}_{axis}" for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+                    for axis in ("x", "y")]
+
+
+def _is_video(path: Path) -> bool:
+    from adadf.faces.video import is_video_name
+
+    return path.is_file() and is_video_name(path.name)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the file header (nothing decoded); None when unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception:  # reported when the image is decoded for real
+        return None
+
+
+def uses_faces(mode: str, paths: Sequence[Path], model_size: int, auto_factor: float = 2.0) -> bool:
+    """Whether the run goes through face detection: ``detect`` always, ``none`` never, ``auto`` when
+    at least one image is a photo rather than a face crop (:func:`adadf.faces.wants_detection`)."""
+    from adadf.faces import wants_detection
+
+    wants_detection(mode, (0, 0), model_size)  # validates the mode
+    if mode != "auto":
+        return mode == "detect"
+    sizes = (_image_size(p) for p in paths)
+    return any(size is not None and wants_detection(mode, size, model_size, auto_factor) for size in sizes)
+
+
+class FacePredictor:
+    """Faces of one image (or video frame) -> aligned crops -> class probabilities.
+
+    ``mode`` decides per image whether to detect (:func:`adadf.faces.wants_detection`); without
+    detection the whole image is one region. The detector is built on first use only.
+    """
+
+    def __init__(self, model: torch.nn.Module, transform: Callable, *, mode: str, model_size: int,
+                 auto_factor: float, padding: float, detector_config: dict[str, Any], tta: bool,
+                 device: torch.device | str) -> None:
+        self.model, self.transform = model.eval(), transform
+        self.mode, self.model_size, self.auto_factor, self.padding = mode, model_size, auto_factor, padding
+        self.detector_config, self.tta, self.device = detector_config, tta, device
+        self._detector = None
+
+    @property
+    def detector(self):
+        if self._detector is None:
+            from adadf.faces import build_detector
+
+            self._detector = build_detector(self.detector_config)
+        return self._detector
+
+    def __call__(self, image) -> tuple[list, torch.Tensor]:
+        """(regions: FaceCrop list, most confident face first; probabilities [N, C] on the CPU)."""
+        from adadf.faces import face_crops, wants_detection, whole_image
+        from adadf.inference import predict_logits
+
+        if wants_detection(self.mode, image.size, self.model_size, self.auto_factor):
+            regions = face_crops(image, self.detector, self.model_size, self.padding)
+        else:
+            regions = [whole_image(image)]
+        if not regions:
+            return [], torch.zeros(0, 0)
+        batch = torch.stack([self.transform(r.crop) for r in regions])  # [N, 3, S, S] or [N, K, 3, S, S]
+        logits = predict_logits(self.model, batch.to(self.device), tta=self.tta)  # [N, C]
+        return regions, logits.softmax(1).cpu()
+
+
+def face_rows(path: Path, regions: Sequence, probs: torch.Tensor, names: Sequence[str],
+              frame: tuple[int, float] | None = None) -> list[dict[str, Any]]:
+    """One CSV row per region: path, [frame, time_s], face, box, score, landmarks, prediction,
+    confidence, prob_<class>. A whole-image region has an empty score and landmarks."""
+    import math
+
+    rows = []
+    for i, (region, p) in enumerate(zip(regions, probs)):
+        row: dict[str, Any] = {"path": str(path)}
+        if frame is not None:
+            row["frame"], row["time_s"] = frame
+        row["face"] = i
+        row.update(zip(("x1", "y1", "x2", "y2"), (round(float(v), 2) for v in region.box)))
+        face = region.face
+        row["score"] = float(face.score) if face is not None else math.nan
+        points = face.landmarks.ravel().tolist() if face is not None else [math.nan] * 10
+        row.update(zip(LANDMARK_COLUMNS, (round(float(v), 2) for v in points)))
+        row["prediction"], row["confidence"] = names[int(p.argmax())], float(p.max())
+        row.update({f"prob_{name}": float(p[j]) for j, name in enumerate(names)})
+        rows.append(row)
+    return rows
+
+
+def _labels(regions: Sequence, probs: torch.Tensor, names: Sequence[str]) -> list[str]:
+    return [f"{i}: {names[int(p.argmax())]} {float(p.max()):.2f}" for i, p in enumerate(probs)]
+
+
+def _draw(image, regions: Sequence, probs: torch.Tensor, names: Sequence[str]):
+    from adadf.faces.draw import annotate
+
+    landmarks = [r.face.landmarks if r.face is not None else None for r in regions]
+    return annotate(image, [r.box for r in regions], _labels(regions, probs, names), landmarks)
+
+
+def _save_image(image, path: Path) -> None:
+    """Atomic save, format from ``path``'s suffix (JPEG for anything PIL cannot write)."""
+    from PIL import Image
+
+    from adadf.atomic import atomic_path
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt not in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
+        path, fmt = path.with_suffix(".jpg"), "JPEG"
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
+
+
+def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: Sequence[str], *,
+                        annotate_dir: Path | None = None, root: Path | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Rows for every region of every image; unreadable images and images without a face are
+    warned about (one line each) and listed. ``annotate_dir``: a copy of each image with boxes and
+    labels, at its path relative to ``root`` (the input folder) or under its own name."""
+    from tqdm import tqdm
+
+    from adadf.data.images import load_rgb
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    no_face: list[str] = []
+    annotated: list[str] = []
+    for path in tqdm(paths, desc="predict", unit="img", disable=not progress or len(paths) < 2):
+        try:
+            image = load_rgb(path)
+        except UserError as err:
+            log.warning("skipped %s", err)
+            skipped.append(str(path))
+            continue
+        regions, probs = predictor(image)
+        if not regions:
+            log.warning("%s: no face found", path)
+            no_face.append(str(path))
+        rows += face_rows(path, regions, probs, names)
+        if annotate_dir is not None:
+            rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
+            target = annotate_dir / rel
+            _save_image(_draw(image, regions, probs, names), target)
+            annotated.append(str(target))
+    return {"rows": rows, "skipped": skipped, "no_face": no_face, "annotated": annotated}
+
+
+def predict_face_video(predictor: FacePredictor, path: Path, names: Sequence[str], *, every: int = 1,
+                       annotate_to: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Rows for every region of every ``every``-th frame (with ``frame`` and ``time_s`` columns);
+    ``annotate_to``: an MP4 of all frames, each with the boxes of the latest predicted frame."""
+    import contextlib
+
+    from tqdm import tqdm
+
+    from adadf.faces.video import probe, read_frames, video_writer
+
+    info = probe(path)
+    rows: list[dict[str, Any]] = []
+    frames_without_face = 0
+    predicted = 0
+    with contextlib.ExitStack() as stack:
+        write = stack.enter_context(video_writer(annotate_to, info.fps)) if annotate_to is not None else None
+        keep_all = (lambda i: True) if write is not None else None
+        bar = stack.enter_context(tqdm(total=info.frames, desc="video", unit="frame", disable=not progress))
+        regions, probs = [], torch.zeros(0, 0)
+        for frame in read_frames(path, every=every, keep=keep_all):
+            bar.update()
+            if frame.index % every == 0:
+                regions, probs = predictor(frame.image)
+                predicted += 1
+                frames_without_face += not regions
+                rows += face_rows(path, regions, probs, names, frame=(frame.index, round(frame.time_s, 4)))
+            if write is not None:
+                write(_draw(frame.image, regions, probs, names))
+    if frames_without_face:
+        log.warning("%s: no face found in %d of %d predicted frames", path, frames_without_face, predicted)
+    return {"rows": rows, "frames": predicted, "frames_without_face": frames_without_face,
+            "annotated": [str(annotate_to)] if annotate_to is not None else []}
+
+
+def write_face_predictions(rows: Sequence[dict[str, Any]], names: Sequence[str], out: Path,
+                           video: bool = False) -> None:
+    """The per-face CSV (columns as :func:`face_rows`), header included when no face was found."""
+    import pandas as pd
+
+    from adadf.atomic import atomic_open
+
+    columns = ["path", *(["frame", "time_s"] if video else []), "face", "x1", "y1", "x2", "y2", "score",
+               *LANDMARK_COLUMNS, "prediction", "confidence", *[f"prob_{n}" for n in names]]
+    with atomic_open(out) as f:
+        f.write(pd.DataFrame(list(rows), columns=columns).to_csv(index=False))
+
+
+def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Callable, names: Sequence[str],
+                          model_size: int, device: torch.device | str, source: Path,
+                          paths: Sequence[Path] | None, out: Path) -> dict[str, Any]:
+    """predict_command's face path: ``paths`` None means ``source`` is a video."""
+    from omegaconf import OmegaConf
+
+    every = int(cfg.get("every", 1))
+    if every < 1:
+        raise UserError(f"every={every}: expected an integer >= 1")
+    predictor = FacePredictor(
+        model, transform, mode=str(cfg.get("faces", "auto")), model_size=model_size,
+        auto_factor=float(cfg.get("auto_factor", 2.0)), padding=float(cfg.get("padding", 0.1)),
+        detector_config=OmegaConf.to_container(cfg.detector, resolve=True), tta=bool(cfg.tta), device=device)
+    annotate = bool(cfg.get("annotate", False))
+    progress = bool(cfg.get("progress", True))
+    if paths is None:
+        video_out = out.parent / f"{source.stem}_annotated.mp4" if annotate else None
+        result = predict_face_video(predictor, source, names, every=every, annotate_to=video_out, progress=progress)
+        write_face_predictions(result["rows"], names, out, video=True)
+        log.info("%d faces in %d frames of %s -> %s", len(result["rows"]), result["frames"], source, out)
+        return {"predictions": out, "num_predicted": len(result["rows"]), **result}
+    root = source if source.is_dir() else None
+    result = predict_face_images(predictor, paths, names, annotate_dir=out.parent / "annotated" if annotate else None,
+                                 root=root, progress=progress)
+    if len(result["skipped"]) == len(paths):
+        raise UserError(f"input={cfg.input}: none of the {len(paths)} images could be read (see the warnings)")
+    write_face_predictions(result["rows"], names, out)
+    log.info("%d faces in %d images predicted%s -> %s", len(result["rows"]), len(paths) - len(result["skipped"]),
+             "".join(f", {len(result[k])} {k.replace('_', ' ')}" for k in ("skipped", "no_face") if result[k]), out)
+    return {"predictions": out, "num_predicted": len(result["rows"]), **result}
 
 
 def _absolute(path: str, to_absolute: Callable[[str], str]) -> str:

@@ -235,3 +235,195 @@ def test_undecodable_video_is_one_line(tmp_path):
         with pytest.raises(UnreadableVideo) as err:
             call()
         assert "\n" not in str(err.value) and str(err.value).startswith(f"{garbage}: cannot decode video")
+
+
+# ------------------------------------------------------------------------------------ adadf-predict with faces
+PLAIN_COLUMNS = ["path", "prediction", "confidence"]
+
+
+def face_columns(names, video: bool = False) -> list[str]:
+    landmarks = [f"{n}_{a}" for n in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") for a in "xy"]
+    return ["path", *(["frame", "time_s"] if video else []), "face", "x1", "y1", "x2", "y2", "score", *landmarks,
+            "prediction", "confidence", *[f"prob_{n}" for n in names]]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An adadf checkpoint of an untrained (seeded) 7-class model with a 32 px input, as the trainer
+    writes them (model state, class names, the resolved config's dataset and backbone): the face
+    path is checked against the model, not for accuracy."""
+    import torch
+
+    from adadf.models import AdaDF
+
+    torch.manual_seed(0)
+    model = AdaDF(7)
+    path = tmp_path_factory.mktemp("faces-model") / "last.pt"
+    torch.save({"model": model.state_dict(), "epoch": 1,
+                "class_names": ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"],
+                "config": {"dataset": {"_target_": "adadf.data.synthetic.build_synthetic", "num_classes": 7,
+                                       "image_size": 32},
+                           "backbone": {"name": "resnet18"}}}, path)
+    return path
+
+
+def predict_cfg(checkpoint: Path, *overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("predict", overrides=[f"checkpoint={checkpoint}", "device=cpu", "progress=false",
+                                             "detector.device=cpu", *overrides])
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """photos/astronaut.jpg (one face), photos/group/two.png (two), photos/grass.png (none) and an
+    unreadable photos/broken.jpg."""
+    root = tmp_path / "photos"
+    (root / "group").mkdir(parents=True)
+    astronaut().save(root / "astronaut.jpg", quality=95)
+    two_faces().save(root / "group" / "two.png")
+    lfw_images(faces=False, count=1)[0].save(root / "grass.png")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+def model_probs(checkpoint: Path, crops: list[Image.Image]):
+    """The checkpoint's probabilities for aligned crops, computed here from the library pieces."""
+    import torch
+
+    from adadf import inference
+
+    trained = inference.read_checkpoint(checkpoint)
+    model = inference.load_model(trained, trained.num_classes)
+    transform = inference.image_transform(trained.dataset_config)
+    with torch.no_grad():
+        return inference.predict_logits(model, torch.stack([transform(c) for c in crops])).softmax(1)
+
+
+def test_predict_detects_every_face(checkpoint: Path, photos: Path, tmp_path: Path, detector, caplog):
+    import pandas as pd
+    import torch
+
+    from adadf.predict import predict_command
+
+    result = predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect", "annotate=true"),
+                             tmp_path / "out")
+    frame = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    names = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    assert len(names) == 7 and list(frame.columns) == face_columns(names)
+    assert result["skipped"] == [str(photos / "broken.jpg")] and result["no_face"] == [str(photos / "grass.png")]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert sum("broken.jpg" in w for w in warnings) == 1 and sum("grass.png: no face found" in w for w in warnings) == 1
+
+    assert frame["path"].tolist() == [str(photos / "astronaut.jpg")] + [str(photos / "group" / "two.png")] * 2
+    assert frame["face"].tolist() == [0, 0, 1]
+    one = frame.iloc[0]
+    assert box_overlap((one.x1, one.y1, one.x2, one.y2), ASTRONAUT_FACE) > 0.8 and one.score > 0.99
+    assert one.left_eye_x < one.right_eye_x and one.left_eye_y < one.mouth_left_y
+    two = frame.iloc[1:]
+    assert (two.x1.max() > 230) and (two.x1.min() < 100)  # the two copies, left and right
+    probs = torch.tensor(frame[[f"prob_{n}" for n in names]].to_numpy(), dtype=torch.float32)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+    assert frame["prediction"].tolist() == [names[i] for i in probs.argmax(1).tolist()]
+
+    # Each row is the model on that face aligned as adadf-align aligns it (at the model's 32 px).
+    from adadf.data.images import load_rgb
+
+    crops = []
+    for path in (photos / "astronaut.jpg", photos / "group" / "two.png"):
+        image = load_rgb(path)
+        crops += [align_face(image, f.landmarks, 32) for f in detector.detect(image)]
+    torch.testing.assert_close(probs, model_probs(checkpoint, crops), rtol=0, atol=1e-5)
+
+    # annotate=true: copies with boxes, in the input's layout.
+    annotated = tmp_path / "out" / "annotated"
+    assert sorted(p.relative_to(annotated).as_posix() for p in annotated.rglob("*") if p.is_file()) == \
+        ["astronaut.jpg", "grass.png", "group/two.png"]
+    with Image.open(annotated / "astronaut.jpg") as drawn:
+        assert drawn.size == (512, 512)
+        source = np.asarray(load_rgb(photos / "astronaut.jpg"), dtype=np.int16)
+        diff = np.abs(np.asarray(drawn, dtype=np.int16) - source).max(-1)
+    x1, y1, x2, y2 = (int(v) for v in ASTRONAUT_FACE)
+    assert diff[(y1 + y2) // 2, x1 - 3:x1 + 4].max() > 100  # the box's left edge is drawn
+    assert diff[:, :100].mean() < 4  # far from the face, the picture is unchanged (JPEG noise aside)
+
+
+def test_predict_face_modes(checkpoint: Path, photos: Path, tmp_path: Path):
+    import pandas as pd
+
+    from adadf.predict import predict_command, uses_faces
+
+    paths = [photos / "astronaut.jpg"]
+    assert uses_faces("auto", paths, 32) and not uses_faces("auto", paths, 300)  # 512 px vs 2 x 300
+    assert not uses_faces("none", paths, 32) and uses_faces("detect", [photos / "broken.jpg"], 32)
+    # faces=none: today's whole-image rows.
+    predict_command(predict_cfg(checkpoint, f"input={paths[0]}", "faces=none"), tmp_path / "none")
+    plain = pd.read_csv(tmp_path / "none" / "predictions.csv")
+    assert list(plain.columns[:3]) == PLAIN_COLUMNS and len(plain) == 1
+    # faces=auto, a photo and a small face crop: one schema for the run, the face rows; the crop
+    # (40 px < 2 x 32) is one whole-image row without a detector score.
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    astronaut().save(mixed / "a_photo.png")
+    astronaut().crop(ASTRONAUT_FACE).resize((40, 40)).save(mixed / "b_crop.png")
+    predict_command(predict_cfg(checkpoint, f"input={mixed}", "faces=auto"), tmp_path / "auto")
+    rows = pd.read_csv(tmp_path / "auto" / "predictions.csv")
+    assert [Path(p).name for p in rows.path] == ["a_photo.png", "b_crop.png"]
+    assert rows.score[0] > 0.99 and np.isnan(rows.score[1]) and np.isnan(rows.left_eye_x[1])
+    assert (rows.x1[1], rows.y1[1], rows.x2[1], rows.y2[1]) == (0, 0, 40, 40)
+    # ... and auto with no photo keeps today's columns (auto_factor=100: 512 px counts as a crop).
+    predict_command(predict_cfg(checkpoint, f"input={mixed}", "auto_factor=100"), tmp_path / "crops")
+    assert list(pd.read_csv(tmp_path / "crops" / "predictions.csv").columns[:3]) == PLAIN_COLUMNS
+
+
+def test_predict_faces_bad_input(checkpoint: Path, photos: Path, tmp_path: Path, monkeypatch):
+    from adadf.errors import UserError
+    from adadf.predict import predict_command
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+    with pytest.raises(UserError) as err:
+        predict_command(predict_cfg(checkpoint, f"input={broken}"), tmp_path / "v")
+    assert str(err.value).startswith(f"{broken}: cannot decode video") and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="none of the 1 images could be read"):
+        predict_command(predict_cfg(checkpoint, f"input={photos / 'broken.jpg'}", "faces=detect"), tmp_path / "b")
+    with pytest.raises(UserError, match="faces=maybe: expected one of auto, detect, none"):
+        predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=maybe"), tmp_path / "m")
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
+    with pytest.raises(DetectorUnavailable, match="pip install --no-deps facenet-pytorch"):
+        predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect"), tmp_path / "d")
+    assert not (tmp_path / "v").exists() and not (tmp_path / "d").exists()  # nothing written half
+
+
+def test_predict_video_cli(checkpoint: Path, tmp_path: Path, cache_dir: Path):
+    """`python -m adadf.predict input=clip.mp4 every=3 annotate=true`: one row per face of every
+    third frame, and an annotated copy of the whole clip."""
+    import subprocess
+
+    import pandas as pd
+
+    from conftest import cli_env
+
+    clip = tmp_path / "clip.mp4"
+    portrait = astronaut().resize((256, 256))
+    with video_writer(clip, fps=Fraction(10)) as write:
+        for i in range(10):  # the face drifts right by 4 px a frame
+            write(Image.fromarray(np.roll(np.asarray(portrait), 4 * i - 20, axis=1)))
+    out = tmp_path / "predict"
+    proc = subprocess.run([sys.executable, "-m", "adadf.predict", f"checkpoint={checkpoint}", f"input={clip}",
+                           "every=3", "annotate=true", "device=cpu", f"hydra.run.dir={out}"],
+                          cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frame = pd.read_csv(out / "predictions.csv")
+    names = [c[len("prob_"):] for c in frame.columns if c.startswith("prob_")]
+    assert list(frame.columns) == face_columns(names, video=True)
+    assert frame["frame"].tolist() == [0, 3, 6, 9] and frame["face"].tolist() == [0] * 4
+    assert frame["time_s"].tolist() == pytest.approx([0.0, 0.3, 0.6, 0.9])
+    assert (frame["path"] == str(clip)).all() and (frame["score"] > 0.95).all()
+    assert np.diff(frame["x1"]).mean() == pytest.approx(12, abs=3)  # the box follows the face
+    annotated = out / "clip_annotated.mp4"
+    info = probe(annotated)
+    assert (info.width, info.height) == (256, 256) and len(list(read_frames(annotated))) == 10
