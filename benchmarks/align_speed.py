@@ -11,7 +11,8 @@ Trees (written once under a temp dir, from scikit-image's bundled faces; nothing
   (bicubic), mirrored or not, pasted at varying offsets on a grey 256 px canvas.
 
 Each setting ``WxT`` runs ``align_tree`` with W worker threads and torch.set_num_threads(T) into a
-fresh output folder (size 224, MTCNN on the CPU), after one warm-up image. Prints one line per
+fresh output folder (size 224, MTCNN on the CPU), ``--repeat`` times (median), after one warm-up
+image. Prints one line per
 tree and setting, plus the machine (cores, load average) since figures on a shared machine drift.
 """
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=300, help="images in the lfw256 tree")
     parser.add_argument("--settings", nargs="+", default=["1x1", "1x2", "2x1", "2x2", "4x1"],
                         help="WORKERSxTORCH_THREADS")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tree and setting; the median is printed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -103,9 +105,11 @@ def main() -> None:
         for name, src in trees.items():
             for setting in args.settings:
                 workers, threads = (int(v) for v in setting.split("x"))
-                n, seconds = measure(src, work, detector, workers, threads)
+                runs = [measure(src, work / f"run{r}", detector, workers, threads) for r in range(args.repeat)]
+                n, seconds = runs[0][0], float(np.median([t for _, t in runs]))
                 print(f"{name:7s} {n:4d} images  workers={workers} torch_threads={threads}: "
-                      f"{n / seconds:6.1f} images/s  ({seconds:.1f} s, load {os.getloadavg()[0]:.2f})")
+                      f"{n / seconds:6.1f} images/s  (median of {len(runs)}: {seconds:.2f} s; "
+                      f"load {os.getloadavg()[0]:.2f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from adadf.faces import (
     ARCFACE_112, DetectorUnavailable, Face, FaceDetector, align_face, alignment_matrix, apply_transform,
     face_crops, pick_face, similarity_transform, template_points, wants_detection,
 )
+from adadf.errors import UserError
 from adadf.faces.draw import annotate
 from adadf.faces.mtcnn import MTCNNDetector
 from adadf.faces.video import UnreadableVideo, probe, read_frames, video_writer
@@ -104,6 +105,18 @@ def test_mtcnn_finds_both_faces_of_a_composite(detector):
     assert pick_face(faces, "confident") is max(faces, key=lambda f: f.score)
 
 
+def test_mtcnn_max_side_detects_on_a_smaller_copy(detector):
+    """A 1536 px photo searched at 512 px: the same face, coordinates in the input's pixels."""
+    big = astronaut().resize((1536, 1536), Image.Resampling.BICUBIC)
+    full = pick_face(detector.detect(big))
+    quick = pick_face(MTCNNDetector(device="cpu", max_side=512).detect(big))
+    assert box_overlap(quick.box, full.box) > 0.85
+    assert box_overlap(quick.box, [3 * v for v in ASTRONAUT_FACE]) > 0.8
+    assert np.abs(quick.landmarks - full.landmarks).max() < 12  # 4 px at the copy's scale
+    with pytest.raises(UserError, match="detector.max_side=30"):
+        MTCNNDetector(device="cpu", max_side=30)
+
+
 def test_missing_facenet_package_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "facenet_pytorch", None)  # makes `import facenet_pytorch` fail
     with pytest.raises(DetectorUnavailable) as err:
@@ -184,8 +197,6 @@ def test_face_crops_and_detection_modes(detector):
     assert [c.box for c in crops] == [c.face.box for c in crops]
     assert wants_detection("auto", (512, 512), model_size=100) and not wants_detection("auto", (150, 120), 100)
     assert wants_detection("detect", (10, 10), 100) and not wants_detection("none", (4000, 3000), 100)
-    from adadf.errors import UserError
-
     with pytest.raises(UserError, match="faces=sometimes: expected one of auto, detect, none"):
         wants_detection("sometimes", (10, 10), 100)
 
@@ -380,7 +391,6 @@ def test_predict_face_modes(checkpoint: Path, photos: Path, tmp_path: Path):
 
 
 def test_predict_faces_bad_input(checkpoint: Path, photos: Path, tmp_path: Path, monkeypatch):
-    from adadf.errors import UserError
     from adadf.predict import predict_command
 
     broken = tmp_path / "broken.mp4"
