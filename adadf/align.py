@@ -120,13 +120,17 @@ def copy_file(src: Path, dst: Path) -> bool:
     """Copy a non-image file (atomically) unless ``dst`` is already the same size and not older."""
     from adadf.atomic import atomic_path
 
-    if dst.exists():
-        s, d = src.stat(), dst.stat()
-        if s.st_size == d.st_size and d.st_mtime >= s.st_mtime:
-            return False
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-        shutil.copystat(src, tmp)
+    try:
+        if dst.exists():
+            s, d = src.stat(), dst.stat()
+            if s.st_size == d.st_size and d.st_mtime >= s.st_mtime:
+                return False
+        with atomic_path(dst) as tmp:
+            shutil.copyfile(src, tmp)
+            shutil.copystat(src, tmp)
+    except OSError as err:
+        log.warning("%s: cannot copy to %s (%s)", src, dst, err.strerror or err)
+        return False
     return True
 
 
@@ -161,7 +165,11 @@ def align_image(src: Path, dst: Path, rel: str, detector, settings: AlignSetting
     except UserError as err:
         log.warning("%s", err)
         return ReportRow(rel, "unreadable", 0, False, str(err))
-    faces = detector.detect(image)
+    try:
+        faces = detector.detect(image)
+    except Exception as err:  # one odd image must not end a run of hours: report it, go on
+        log.warning("%s: face detection failed (%s: %s)", src, type(err).__name__, err)
+        return ReportRow(rel, "failed", 0, False, f"face detection failed: {type(err).__name__}: {err}")
     row = None
     if not faces:
         if settings.no_face == "skip":
@@ -204,7 +212,7 @@ def align_tree(input_root: Path, output_root: Path, detector, settings: AlignSet
     output_root.mkdir(parents=True, exist_ok=True)
     for rel in folders:
         (output_root / rel).mkdir(parents=True, exist_ok=True)
-    copied = sum(copy_file(input_root / rel, output_root / rel) for rel in others)
+    copied = sum(copy_file(input_root / rel, output_root / rel) for rel in others)  # label files first
     todo = [rel for rel in images if not (output_root / rel).exists()]
     log.info("%d images under %s: %d to align, %d already aligned; %d other files copied (%d up to date)",
              len(images), input_root, len(todo), len(images) - len(todo), copied, len(others) - copied)

@@ -144,7 +144,7 @@ def test_align_skip_policies(tree: Path, tmp_path: Path, detector):
 
 
 def test_align_confident_policy_and_a_failed_write(tree: Path, tmp_path: Path, detector, monkeypatch):
-    """A write that fails is reported and the run goes on."""
+    """A detector error or a failed write is reported and the run goes on."""
     import adadf.align as align
 
     real_save = align.save_image
@@ -154,14 +154,23 @@ def test_align_confident_policy_and_a_failed_write(tree: Path, tmp_path: Path, d
             raise OSError("disk full")
         real_save(image, path, quality)
 
+    class FlakyDetector:  # a detector that breaks on one image (the 512 px portrait)
+        def detect(self, image):
+            if image.width == 512:
+                raise RuntimeError("boom")
+            return detector.detect(image)
+
     monkeypatch.setattr(align, "save_image", flaky_save)
     out = tmp_path / "out"
-    result = align_tree(tree, out, detector, AlignSettings(size=48, multiple="confident"), workers=2,
+    result = align_tree(tree, out, FlakyDetector(), AlignSettings(size=48, multiple="confident"), workers=2,
                         progress=False)
-    assert result["failed"] == 1 and result["aligned"] == 5
+    assert result["failed"] == 2 and result["aligned"] == 4
     assert not (out / "Val/Sad/lfw1.png").exists() and (out / "Val/Sad/lfw2.png").is_file()
+    assert not (out / "Train/Happy/astronaut.jpg").exists()
     report = pd.read_csv(out / "align_report.csv").set_index("path")
     assert report.loc["Val/Sad/lfw1.png", "status"] == "failed" and "disk full" in report.loc["Val/Sad/lfw1.png", "detail"]
+    assert report.loc["Train/Happy/astronaut.jpg", "status"] == "failed"
+    assert "RuntimeError: boom" in report.loc["Train/Happy/astronaut.jpg", "detail"]
     assert "kept the confident face" in report.loc["Train/Happy/two.png", "detail"]
 
 

@@ -96,6 +96,11 @@ def test_mtcnn_on_lfw_faces_and_non_faces(detector):
     assert [len(detector.detect(image)) for image in lfw_images(faces=False, count=8)] == [0] * 8
 
 
+def test_mtcnn_on_images_smaller_than_a_face(detector):
+    for size in ((1, 1), (12, 12), (300, 8)):  # facenet-pytorch itself raises on these
+        assert detector.detect(Image.new("RGB", size, (128, 128, 128))) == []
+
+
 def test_mtcnn_finds_both_faces_of_a_composite(detector):
     faces = detector.detect(two_faces())
     assert len(faces) == 2

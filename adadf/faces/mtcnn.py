@@ -50,6 +50,7 @@ class MTCNNDetector:
             raise UserError(f"detector.max_side={max_side}: expected null or at least 2 x min_face_size")
         mtcnn_class = _load_mtcnn_class()
         self.max_side = int(max_side) if max_side is not None else None
+        self.min_face_size = int(min_face_size)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.min_score = float(min_score)
@@ -66,6 +67,8 @@ class MTCNNDetector:
             scale = max(image.size) / self.max_side
             image = image.resize((max(1, round(image.width / scale)), max(1, round(image.height / scale))),
                                  Image.Resampling.BILINEAR, reducing_gap=2.0)
+        if min(image.size) < self.min_face_size:  # no pyramid level fits (facenet's detect would fail)
+            return []
         boxes, scores, points = self._mtcnn.detect(image, landmarks=True)
         if boxes is None:
             return []
