@@ -97,23 +97,21 @@ def write_report(result: EvalResult, names: Sequence[str], out_dir: Path, info: 
 
 def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """The composition root of the command: checkpoint + dataset -> metrics files (+ W&B)."""
-    from adadf import inference
-    from adadf.config import instantiate_node
+    from adadf import app, inference
     from adadf.engine.loop import StepContext, evaluate
-    from adadf.train import resolve_device
 
     if cfg.checkpoint is None:
         raise UserError("checkpoint: missing; expected checkpoint=PATH (an adadf .pt or an Ada-DF .pth.tar)")
     checkpoint = inference.read_checkpoint(cfg.checkpoint)
     dataset = inference.dataset_config(checkpoint, cfg.get("dataset"), "python -m adadf.evaluate")
     train_seed = int((checkpoint.config or {}).get("seed", 0))
-    data = instantiate_node(OmegaConf.create(dataset), "dataset", loader_seed=train_seed)
+    data = app.build_data(app.dataset_node(dataset), train_seed)
     if checkpoint.class_names is not None and checkpoint.class_names != list(data.class_names):
         raise UserError(
             f"{checkpoint.path}: trained on classes {checkpoint.class_names} but the dataset has "
             f"{list(data.class_names)}; expected the same classes in the same order"
         )
-    device = resolve_device(str(cfg.device))
+    device = app.resolve_device(str(cfg.device))
     backbone = cfg.backbone.name if cfg.get("backbone") else None
     model = inference.load_model(checkpoint, data.num_classes, backbone, device)
     ctx = StepContext(device=device, progress=bool(cfg.progress))
@@ -125,10 +123,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     log.info("%s on %s: acc %.2f%%, mean-class %.2f%% (%d images); results in %s", checkpoint.path.name,
              dataset.get("_target_"), result.acc, result.mean_class_acc, summary["num_images"], out_dir)
 
-    logger_cfg = cfg.logger
-    extra = {"job_type": "eval", "name": cfg.logger.get("name") or f"eval-{checkpoint.path.stem}"}
-    logger_cfg = OmegaConf.merge(logger_cfg, {k: v for k, v in extra.items() if k in logger_cfg})
-    logger = instantiate_node(logger_cfg, "logger")
+    logger = app.build_logger(cfg, job_type="eval", name=f"eval-{checkpoint.path.stem}")
     logger.start(out_dir, {"evaluate": OmegaConf.to_container(cfg, resolve=True), "dataset": dataset})
     exit_code = 1
     try:
@@ -142,16 +137,18 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def output_dir() -> Path:
-    from adadf.train import run_dir
-
-    return run_dir()
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
-def main(cfg: DictConfig) -> float:
-    """``python -m adadf.evaluate`` / ``adadf-eval``; returns the overall accuracy."""
-    return evaluate_checkpoint(cfg, output_dir())["acc"]
+def _main(cfg: DictConfig) -> float:
+    from adadf.app import run_dir
+
+    return evaluate_checkpoint(cfg, run_dir())["acc"]
+
+
+def main() -> None:
+    """``python -m adadf.evaluate`` / ``adadf-eval``."""
+    from adadf.cli import launch
+
+    launch(_main)
 
 
 if __name__ == "__main__":

@@ -129,7 +129,7 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     from hydra.utils import to_absolute_path
 
     from adadf import inference
-    from adadf.train import resolve_device
+    from adadf.app import resolve_device
 
     if cfg.checkpoint is None:
         raise UserError("checkpoint: missing; expected checkpoint=PATH (an adadf .pt or an Ada-DF .pth.tar)")
@@ -415,11 +415,17 @@ def _absolute(path: str, to_absolute: Callable[[str], str]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
-def main(cfg: DictConfig) -> None:
-    """``python -m adadf.predict`` / ``adadf-predict``."""
-    from adadf.evaluate import output_dir
+def _main(cfg: DictConfig) -> None:
+    from adadf.app import run_dir
 
-    predict_command(cfg, output_dir())
+    predict_command(cfg, run_dir())
+
+
+def main() -> None:
+    """``python -m adadf.predict`` / ``adadf-predict``."""
+    from adadf.cli import launch
+
+    launch(_main)
 
 
 if __name__ == "__main__":

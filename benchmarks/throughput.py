@@ -50,10 +50,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from adadf.config import instantiate_node, validate_config  # noqa: E402
-from adadf.engine.loop import class_statistics_pass, evaluate, train_one_epoch  # noqa: E402
-from adadf.method import AdaDFMethod  # noqa: E402
-from adadf.train import resolve_device, step_context  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from adadf import app  # noqa: E402
+from adadf.config import register_schemas  # noqa: E402
+from adadf.engine.loop import evaluate, observe_pass, train_one_epoch  # noqa: E402
 
 log = logging.getLogger("throughput")
 
@@ -229,20 +230,9 @@ def write_synthetic_raf(root: Path, train: int, test: int, size: int = 100, seed
 # Measurements
 # --------------------------------------------------------------------------------------------
 def compose_cfg(overrides: list[str]):
+    register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
-
-
-def build_model(cfg, num_classes: int, device: torch.device, params, fusion):
-    model, _ = instantiate_node(cfg.backbone, "backbone", num_classes=num_classes, drop_rate=fusion.drop_rate)
-    model = model.to(device)
-    if params.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate_node(cfg.optimizer, "optimizer")(trainable)
-    if params.compile:
-        model = torch.compile(model)
-    return model, optimizer
 
 
 def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, batches: int,
@@ -250,7 +240,7 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
     """Input-only, end-to-end, LD-pass and eval figures of one pipeline."""
     out: dict[str, Any] = {"pipeline": pipeline}
     t0 = time.perf_counter()
-    data = instantiate_node(cfg.dataset, "dataset", loader_seed=cfg.seed, pipeline=pipeline)
+    data = app.build_data(OmegaConf.merge(cfg.dataset, {"pipeline": pipeline}), cfg.seed)
     out["setup_s"] = time.perf_counter() - t0  # index, checks, (fast) building or opening the cache
     loader, tf = data.train_loader, data.train_batch_transform
     stream = Batches(loader)
@@ -294,7 +284,6 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
             row = train_one_epoch(model, stream.take(size), optimizer, method, epoch, ctx, batch_transform=tf)
         e2e_s += m.wall_s
         peak = max(peak, m.peak_mem_mb)
-    method.reset_statistics()
     images = sum(sizes) * batch
     out |= {"model_images_per_s": images / model_s, "e2e_images_per_s": images / e2e_s,
             "e2e_over_model": model_s / e2e_s, "e2e_peak_mem_mb": peak, "e2e_train_loss": row["train_loss"]}
@@ -302,8 +291,8 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
     stream.ready(batches)
     stream.drain()
     with Meter(device) as m:
-        class_statistics_pass(model, stream.take(batches), method, ctx, batch_transform=tf)
-    method.reset_statistics()
+        observe_pass(model, stream.take(batches), method, ctx, batch_transform=tf)
+    method.end_epoch()  # consume the statistics (the next pipeline starts clean)
     out["ld_pass_s_per_batch"] = m.wall_s / batches
     out["ld_pass_epoch_s"] = out["ld_pass_s_per_batch"] * len(loader)
 
@@ -341,24 +330,20 @@ def main(argv: list[str] | None = None) -> dict:
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     cfg = compose_cfg(["dataset=raf", f"dataset.root={root}", f"dataset.num_workers={workers}", "logger=none",
                        "backbone.checkpoint=null", "trainer.progress=false", *args.overrides])
-    fusion, params = validate_config(cfg)
     torch.manual_seed(cfg.seed)
-    device = resolve_device(params.device)
-    ctx = step_context(params, device)
+    parts = app.build(cfg)  # the training run's model, method, optimizer and step context
+    ctx = parts.ctx
+    device = ctx.device
 
     facts = machine()
     facts.update(batch_size=cfg.dataset.batch_size, workers=workers, image_size=cfg.dataset.image_size,
                  device=str(device), overrides=args.overrides, dataset=str(root), batches=args.batches)
     log.info("machine: %s", json.dumps(facts))
 
-    model = method = optimizer = None
     results: dict[str, Any] = {"machine": facts, "pipelines": {}}
     for pipeline in args.pipelines:
-        if model is None:
-            model, optimizer = build_model(cfg, cfg.dataset.num_classes, device, params, fusion)
-            method = AdaDFMethod(fusion, cfg.dataset.num_classes)
-        figures = measure_pipeline(cfg, pipeline, device, ctx, model, optimizer, method, args.batches,
-                                                 args.input_batches)
+        figures = measure_pipeline(cfg, pipeline, device, ctx, parts.model, parts.optimizer, parts.method,
+                                   args.batches, args.input_batches)
         figures["load_avg_1min"] = os.getloadavg()[0]
         results["pipelines"][pipeline] = figures
         log.info("%s: %s", pipeline, json.dumps({k: round(v, 3) if isinstance(v, float) else v

@@ -10,8 +10,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from adadf.config import register_schemas
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
+
+register_schemas()  # what every entry point does before Hydra composes
 
 # Tiny tensors gain nothing from a second thread, and busy-waiting threads slow a shared machine.
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ from adadf.data.samplers import ClassBalancedSampler
 from adadf.engine import distributed
 from adadf.engine.interrupt import StopFlag, StopRequested
 from adadf.engine.loop import StepContext, evaluate
-from adadf.method import AdaDFMethod
+from adadf.methods.adadf import AdaDFMethod
 from conftest import FAST, ROOT, cli_env
 
 WORLD = 2
@@ -86,8 +86,9 @@ def _worker(rank: int, store: str, results: str) -> None:
         logits = torch.randn(50, C, generator=gen) * 3
         labels = torch.randint(0, C, (50,), generator=gen)
         method = AdaDFMethod(FusionConfig(), C)
-        method.accumulate(logits, labels)
-        out["ld"] = method.update_distributions(distributed.all_reduce_sum)
+        method.observe((logits, logits, None), labels)
+        method.end_epoch(distributed.all_reduce_sum)
+        out["ld"] = method.class_dist
         out["logits"], out["labels"] = logits, labels
         distributed.check_same_across_ranks(out["ld"], "LD")
 
@@ -151,8 +152,10 @@ def test_world(ranks):
 def test_class_distributions_identical_and_equal_to_one_process(ranks):
     assert torch.equal(ranks[0]["ld"], ranks[1]["ld"])
     single = AdaDFMethod(FusionConfig(), C)
-    single.accumulate(torch.cat([r["logits"] for r in ranks]), torch.cat([r["labels"] for r in ranks]))
-    torch.testing.assert_close(ranks[0]["ld"], single.update_distributions(), rtol=0, atol=1e-6)
+    logits = torch.cat([r["logits"] for r in ranks])
+    single.observe((logits, logits, None), torch.cat([r["labels"] for r in ranks]))
+    single.end_epoch()
+    torch.testing.assert_close(ranks[0]["ld"], single.class_dist, rtol=0, atol=1e-6)
     # Not the trivial LD: the statistics changed something.
     assert not torch.equal(ranks[0]["ld"], AdaDFMethod(FusionConfig(), C).class_dist)
 

@@ -351,27 +351,27 @@ def test_build_model_detects_the_three_formats(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     x = images(2)
 
-    model, ld = build_model(C)
-    assert isinstance(model, AdaDF) and ld is None
+    model = build_model(C)
+    assert isinstance(model, AdaDF) and model.imported_state.get("class_dist") is None
 
     sd = resnet_state()
     torch.save({"state_dict": sd}, tmp_path / "msceleb.pth")
-    model, ld = build_model(C, name="resnet18", checkpoint="~/msceleb.pth")
-    assert ld is None and torch.equal(model.trunk.conv1.weight, sd["conv1.weight"])
+    model = build_model(C, name="resnet18", checkpoint="~/msceleb.pth")
+    assert model.imported_state["class_dist"] is None and torch.equal(model.trunk.conv1.weight, sd["conv1.weight"])
     assert torch.equal(model.target_branch.layer2[0].conv1.weight, sd["layer2.0.conv1.weight"])
 
     source = trained_like()
     ref = reference_checkpoint(source)
     torch.save(ref, tmp_path / "model_best.pth.tar")
-    model, ld = build_model(C, checkpoint=str(tmp_path / "model_best.pth.tar"), drop_rate=0.1)
-    assert torch.equal(ld, ref["class_distributions"]) and model.dropout.p == 0.1
+    model = build_model(C, checkpoint=str(tmp_path / "model_best.pth.tar"), drop_rate=0.1)
+    assert torch.equal(model.imported_state["class_dist"], ref["class_distributions"]) and model.dropout.p == 0.1
     assert_same_state(model.state_dict(), source.state_dict())
 
     ours_ld = torch.full((C, C), 1.0 / C)
     torch.save({"model": {f"module.{k}": v for k, v in source.state_dict().items()},
                 "class_distributions": ours_ld, "epoch": 3}, tmp_path / "last.pt")
-    model, ld = build_model(C, checkpoint="~/last.pt")
-    assert torch.equal(ld, ours_ld)
+    model = build_model(C, checkpoint="~/last.pt")
+    assert torch.equal(model.imported_state["class_dist"], ours_ld)
     assert_same_state(model.state_dict(), source.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x)[1], source.eval()(x)[1], rtol=0, atol=0)

@@ -29,7 +29,8 @@ from adadf.engine.loop import NonFiniteLoss
 from adadf.data.bundle import make_loader
 from adadf.engine.trainer import Trainer, _reseed
 from adadf.errors import UserError
-from adadf.train import RunInterrupted, train
+from adadf.task import train
+from adadf.train import RunInterrupted
 
 import fakedata
 from conftest import CONF, FAST, ROOT, cli_env

@@ -13,6 +13,7 @@ from hydra.core.override_parser.types import IntervalSweep
 
 from conftest import FAST, ROOT
 from adadf.config import validate_config
+from adadf import task as task_mod
 from adadf.tracking import sweep as sweep_mod
 
 SWEEPS = ROOT / "sweeps"
@@ -191,7 +192,7 @@ def test_failure_during_training_ends_wandb_run_with_nonzero_exit(compose_cfg, c
     monkeypatch.setattr(train_mod.Trainer, "fit", broken_fit)
     cfg = compose_cfg([*FAST, "logger=wandb"])
     with pytest.raises(RuntimeError, match="boom"):
-        train_mod.train(cfg)
+        task_mod.train(cfg)
     assert summary(tmp_path)["status"] == "failed"
     assert wandb_run(tmp_path)["exit_code"] == 1
 
@@ -251,6 +252,6 @@ def test_rebuild_command_rejects_a_dir_without_jobs(tmp_path: Path):
 
 
 def test_objective_prefers_validation_accuracy():
-    assert sweep_mod.objective({"best_acc": 80.0}) == 80.0
-    assert sweep_mod.objective({"best_acc": 80.0, "best_val_acc": 75.0}) == 75.0
-    assert sweep_mod.objective({"best_acc": None, "status": "failed"}) is None
+    assert task_mod.objective({"best_acc": 80.0}) == 80.0
+    assert task_mod.objective({"best_acc": 80.0, "best_val_acc": 75.0}) == 75.0
+    assert task_mod.objective({"best_acc": None, "status": "failed"}) is None

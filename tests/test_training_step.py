@@ -13,7 +13,7 @@ import torch
 
 from adadf.config.schema import FusionConfig
 from adadf.engine.loop import StepContext, train_one_epoch
-from adadf.method import AdaDFMethod
+from adadf.methods.adadf import AdaDFMethod
 from adadf.models import AdaDF
 
 C = 7
@@ -61,7 +61,7 @@ def test_one_training_step_matches_spec(crops, epoch):
     torch.manual_seed(0)
     num_images = 6
     model = AdaDF(C).double()
-    params = FusionConfig()
+    params = FusionConfig(detach_target=False)  # the reference's (pretrained) setting
     method = AdaDFMethod(params, C)
     ld = torch.rand(C, C, dtype=torch.float64) + 0.05
     method.class_dist = ld / ld.sum(1, keepdim=True)
@@ -111,11 +111,11 @@ def test_fused_target_gradient_reaches_attention_and_aux_branch():
     moves the auxiliary classifier and the attention heads."""
     torch.manual_seed(1)
     model = AdaDF(C).double()
-    method = AdaDFMethod(FusionConfig(beta=1.0), C)  # epoch 2 > beta: w_KL = 1
+    method = AdaDFMethod(FusionConfig(beta=1.0), C, pretrained=True)  # epoch 2 > beta: w_KL = 1
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 3])
     z1, z2, a = model(x)
-    terms = method.loss(z1, z2, a, y, epoch=2, num_images=4)
+    terms = method.loss((z1, z2, a), y, epoch=2, num_images=4)
     terms["kl"].backward()
     assert model.aux_branch.fc.weight.grad.abs().sum() > 0
     assert model.aux_attention.weight.grad.abs().sum() > 0
@@ -123,6 +123,6 @@ def test_fused_target_gradient_reaches_attention_and_aux_branch():
     model.zero_grad(set_to_none=True)
     detached = AdaDFMethod(FusionConfig(beta=1.0, detach_target=True), C)
     z1, z2, a = model(x)
-    detached.loss(z1, z2, a, y, epoch=2, num_images=4)["kl"].backward()
+    detached.loss((z1, z2, a), y, epoch=2, num_images=4)["kl"].backward()
     assert model.aux_branch.fc.weight.grad is None or model.aux_branch.fc.weight.grad.abs().sum() == 0
     assert model.target_branch.fc.weight.grad.abs().sum() > 0

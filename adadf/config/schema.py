@@ -1,14 +1,19 @@
-"""Schemas of the fixed-shape config groups, with the ranges a value must lie in.
+"""The schema of every config group: one default and one range per field, here and nowhere else.
 
-Groups with a ``_target_`` (dataset, backbone, optimizer, scheduler, logger) are checked by the
-signature of what they instantiate; these dataclasses cover the rest.
+Each dataclass is registered with Hydra's ConfigStore (``adadf.config.store``) as its group's
+base; a group's YAML file names it in its defaults list and holds only what differs. So a typo'd
+key or a wrong type fails at composition, and a value out of range fails in ``check_ranges`` with
+one line naming the key. Dataset schemas live in ``adadf.config.dataset``.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Any, List, Optional
+
+from adadf.config.fields import at_least, closed01, half_open01, one_of, open01, ranged
+from adadf.errors import UserError
 
 
 class LDPass(str, Enum):
@@ -21,73 +26,150 @@ class LDPass(str, Enum):
 
 @dataclass
 class FusionConfig:
-    threshold: float = 0.7
-    beta: float = 3.0
-    max_weight: float = 1.0
-    min_weight: float = 0.2
-    tops: float = 0.7
-    margin: float = 0.07
-    sharpen: bool = False
-    T: float = 1.2
-    drop_rate: float = 0.0
-    label_smoothing: float = 0.0
-    alpha: Optional[float] = None
-    fallback_mass: float = 0.4
-    detach_target: Optional[bool] = None  # None: auto (see resolve_detach_target)
+    """Ada-DF's hyper-parameters (ADADF_SPEC sections 2-3); defaults are the reference's (RAF-DB)."""
+
+    threshold: float = ranged(0.7, *open01())  # t: initial LD diagonal and acceptance threshold
+    beta: float = ranged(3.0, *at_least(1.0))  # epoch at which the KL/CE weight schedule switches
+    max_weight: float = ranged(1.0, *closed01())  # attention -> fusion weight range
+    min_weight: float = ranged(0.2, *closed01())
+    tops: float = ranged(0.7, *open01())  # rank regularisation: fraction of the batch in the high group
+    margin: float = ranged(0.07, *at_least(0.0))  # rank regularisation margin
+    sharpen: bool = False  # sharpen class distributions with temperature T
+    T: float = ranged(1.2, lambda x: x > 0, "a value > 0")
+    drop_rate: float = ranged(0.0, *half_open01())  # dropout after the shared trunk
+    label_smoothing: float = ranged(0.0, *half_open01())  # for the cross-entropy term
+    alpha: Optional[float] = ranged(None, *closed01())  # fixed KL weight (CE 1 - alpha) instead of the schedule
+    fallback_mass: float = ranged(0.4, *closed01())  # off-diagonal mass of a fallback row
+    detach_target: Optional[bool] = None  # None: auto (see adadf.methods.adadf.resolve_detach_target)
     ld_pass: LDPass = LDPass.augmented
 
-
-def resolve_detach_target(fusion: FusionConfig, checkpoint: str | None) -> FusionConfig:
-    """``detach_target=None`` (auto) -> the reference's ``False`` when a pretrained ``checkpoint``
-    initialises the model, ``True`` when it trains from scratch: without a pretrained trunk the
-    non-detached fused target pulls both branches towards uniform predictions, the attention
-    collapses and nothing is learnt (README, "Training from scratch")."""
-    if fusion.detach_target is not None:
-        return fusion
-    return dataclasses.replace(fusion, detach_target=checkpoint is None)
+    def __post_init__(self) -> None:
+        if self.min_weight > self.max_weight:
+            raise UserError(
+                f"fusion.min_weight={self.min_weight} > fusion.max_weight={self.max_weight}: "
+                "expected min_weight <= max_weight"
+            )
 
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 75
-    device: str = "auto"
-    amp: bool = False
-    amp_dtype: str = "bfloat16"
+    epochs: int = ranged(5, *at_least(1))  # the embedded default finishes in minutes; experiments set 75
+    device: str = ranged("auto", lambda x: x in ("auto", "cpu", "cuda") or x.startswith("cuda:"),
+                         "auto, cpu, cuda or cuda:N")
+    amp: bool = False  # mixed-precision autocast (off in parity mode)
+    amp_dtype: str = ranged("bfloat16", *one_of("bfloat16", "float16"))  # float16 uses a gradient scaler
     channels_last: bool = False
-    compile: bool = False
-    resume: Optional[str] = None
-    progress: bool = True
-    deterministic: bool = False
+    compile: bool = False  # torch.compile the model
+    resume: Optional[str] = None  # null | auto (this run dir's last.pt) | a checkpoint or run dir
+    progress: bool = True  # tqdm progress bars on interactive terminals
+    deterministic: bool = False  # torch.use_deterministic_algorithms
 
 
-def _open01(x: float) -> bool:
-    return 0.0 < x < 1.0
+@dataclass
+class BackboneConfig:
+    _target_: str = "adadf.models.build_model"
+    name: str = "resnet18"  # a timm ResNet-family model
+    checkpoint: Optional[str] = None  # a local pretrained / Ada-DF / adadf checkpoint file
 
 
-# key -> (check, what is expected). Checked after types, so values have their schema type.
-RANGES = {
-    "fusion.threshold": (_open01, "a value in (0, 1)"),
-    "fusion.beta": (lambda x: x >= 1, "a value >= 1"),
-    "fusion.max_weight": (lambda x: 0 <= x <= 1, "a value in [0, 1]"),
-    "fusion.min_weight": (lambda x: 0 <= x <= 1, "a value in [0, 1]"),
-    "fusion.tops": (_open01, "a value in (0, 1)"),
-    "fusion.margin": (lambda x: x >= 0, "a value >= 0"),
-    "fusion.T": (lambda x: x > 0, "a value > 0"),
-    "fusion.drop_rate": (lambda x: 0 <= x < 1, "a value in [0, 1)"),
-    "fusion.label_smoothing": (lambda x: 0 <= x < 1, "a value in [0, 1)"),
-    "fusion.alpha": (lambda x: x is None or 0 <= x <= 1, "null or a value in [0, 1]"),
-    "fusion.fallback_mass": (lambda x: 0 <= x <= 1, "a value in [0, 1]"),
-    "trainer.epochs": (lambda x: x >= 1, "an integer >= 1"),
-    "trainer.amp_dtype": (lambda x: x in ("bfloat16", "float16"), "bfloat16 or float16"),
-    "trainer.device": (
-        lambda x: x in ("auto", "cpu", "cuda") or x.startswith("cuda:"),
-        "auto, cpu, cuda or cuda:N",
-    ),
-    "dataset.batch_size": (lambda x: isinstance(x, int) and x >= 1, "an integer >= 1"),
-    "dataset.num_workers": (lambda x: isinstance(x, int) and x >= 0, "an integer >= 0"),
-    "dataset.num_classes": (lambda x: isinstance(x, int) and x >= 2, "an integer >= 2"),
-    "dataset.image_size": (lambda x: isinstance(x, int) and x >= 16, "an integer >= 16"),
-    "dataset.val_fraction": (lambda x: isinstance(x, (int, float)) and 0 <= x < 1, "a value in [0, 1)"),
-    "optimizer.lr": (lambda x: isinstance(x, (int, float)) and x > 0, "a number > 0"),
-    "seed": (lambda x: isinstance(x, int), "an integer"),
+@dataclass
+class MethodConfig:
+    """A training method: ``_target_`` builds it with ``num_classes`` and ``pretrained`` at run time."""
+
+    _target_: str = "adadf.methods.adadf.AdaDFMethod"
+
+
+@dataclass
+class AdaDFMethodConfig(MethodConfig):
+    """Ada-DF; its hyper-parameters are the ``fusion.*`` keys (a contract of the command line)."""
+
+    _target_: str = "adadf.methods.adadf.AdaDFMethod"
+    params: Any = "${fusion}"
+
+
+def _positive(x: float) -> bool:
+    return x > 0
+
+
+@dataclass
+class OptimizerConfig:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = ranged(0.001, _positive, "a number > 0")
+    weight_decay: float = ranged(0.0, *at_least(0.0))
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    _target_: str = "torch.optim.AdamW"
+    weight_decay: float = ranged(0.05, *at_least(0.0))
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    _target_: str = "torch.optim.SGD"
+    lr: float = ranged(0.01, _positive, "a number > 0")
+    momentum: float = ranged(0.9, *at_least(0.0))
+    weight_decay: float = ranged(0.0005, *at_least(0.0))
+    nesterov: bool = True
+
+
+@dataclass
+class ExponentialConfig:
+    """Stepped once per epoch, as in the reference."""
+
+    _target_: str = "torch.optim.lr_scheduler.ExponentialLR"
+    _partial_: bool = True
+    gamma: float = ranged(0.9, _positive, "a number > 0")
+
+
+@dataclass
+class CosineConfig:
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    _partial_: bool = True
+    T_max: int = ranged("${trainer.epochs}", *at_least(1))
+    eta_min: float = ranged(0.0, *at_least(0.0))
+
+
+@dataclass
+class ConstantConfig:
+    """A scheduler that never changes the rate, so the loop and checkpoints stay uniform."""
+
+    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
+    _partial_: bool = True
+    factor: float = 1.0
+    total_iters: int = 0
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "adadf.tracking.WandbLogger"
+    mode: str = ranged("offline", *one_of("offline", "online", "disabled"))
+    project: str = "adadf"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # null: a multirun's jobs share one group named after the sweep dir
+    tags: List[str] = field(default_factory=list)
+    name: Optional[str] = None  # null: the run name plus the job's overrides
+    job_type: Optional[str] = None  # null: train, eval, ... (the command's)
+    log_checkpoint: bool = False
+
+
+@dataclass
+class NullLoggerConfig:
+    _target_: str = "adadf.tracking.NullLogger"
+
+
+# group -> option -> schema; "base" options are registered as schema/<group>/<option>.
+GROUP_SCHEMAS: dict[str, dict[str, type]] = {
+    "fusion": {"default": FusionConfig},
+    "trainer": {"default": TrainerConfig},
+    "backbone": {"resnet": BackboneConfig},
+    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig},
+    "optimizer": {"adam": OptimizerConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
+    "scheduler": {"exponential": ExponentialConfig, "cosine": CosineConfig, "none": ConstantConfig},
+    "logger": {"wandb": WandbLoggerConfig, "none": NullLoggerConfig},
 }
+
+
+def field_names(schema: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(schema) if not f.name.startswith("_")]

@@ -1,66 +1,41 @@
 """Turn a composed config into typed objects, or one line naming the bad key."""
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import dataclasses
+from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from adadf.config.schema import RANGES, FusionConfig, TrainerConfig
+from adadf.config.fields import check_ranges
 from adadf.errors import UserError
 
-T = TypeVar("T")
 
-_MISSING = object()
-
-
-def typed(node: DictConfig, schema: type[T], key: str) -> T:
-    """``node`` as an instance of the dataclass ``schema``; wrong types and unknown keys fail."""
+def typed_group(cfg: DictConfig, key: str) -> Any:
+    """The group ``key`` as its schema's dataclass instance, ranges checked (a plain node as a dict)."""
+    node = cfg[key]
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        obj = OmegaConf.to_object(node) if isinstance(node, DictConfig) else node
     except OmegaConfBaseException as err:
-        sub = getattr(err, "full_key", None) or getattr(err, "key", None)
-        where = f"{key}.{sub}" if sub else key
-        msg = str(err).splitlines()[0]
-        if "not in struct" in msg or "not a key" in msg.lower() or "Key '" in msg and "not" in msg:
-            raise UserError(f"{where}: unknown key (expected one of {', '.join(_field_names(schema))})") from None
-        raise UserError(f"{where}: {msg}") from None
+        sub = getattr(err, "full_key", None) or key
+        raise UserError(f"{sub}: {str(err).splitlines()[0]}") from None
+    if dataclasses.is_dataclass(obj):
+        fields = [f.name for f in dataclasses.fields(obj)]
+        extra = [k for k in node if k not in fields]  # `+group.key=...` gets past the schema
+        if extra:
+            names = ", ".join(f for f in fields if not f.startswith("_"))
+            raise UserError(f"{key}.{extra[0]}: unknown key (expected one of {names})")
+        check_ranges(obj, key)
+    return obj
 
 
-def _field_names(schema: type) -> list[str]:
-    return list(schema.__dataclass_fields__)
-
-
-def validate_config(cfg: DictConfig) -> tuple[FusionConfig, TrainerConfig]:
-    """Check types and ranges of the whole config; return the typed fusion and trainer parts."""
-    fusion = typed(cfg.fusion, FusionConfig, "fusion")
-    trainer = typed(cfg.trainer, TrainerConfig, "trainer")
-    values = {"fusion": fusion, "trainer": trainer}
-    for key, (check, expected) in RANGES.items():
-        group, _, name = key.partition(".")
-        if not name:
-            value = OmegaConf.select(cfg, key, default=_MISSING)
-        elif group in values:
-            value = getattr(values[group], name)
-        else:
-            value = OmegaConf.select(cfg, key, default=_MISSING)
-        if value is _MISSING:
-            continue
-        try:
-            ok = check(value)
-        except TypeError:
-            ok = False
-        if not ok:
-            raise UserError(f"{key}={value!r}: expected {expected}")
-    if fusion.min_weight > fusion.max_weight:
-        raise UserError(
-            f"fusion.min_weight={fusion.min_weight} > fusion.max_weight={fusion.max_weight}: "
-            "expected min_weight <= max_weight"
-        )
-    return fusion, trainer
+def validate_config(cfg: DictConfig) -> dict[str, Any]:
+    """Check every group of ``cfg`` against its schema's ranges; return the typed groups by name."""
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        raise UserError(f"seed={cfg.get('seed')!r}: expected an integer")
+    return {key: typed_group(cfg, key) for key, node in cfg.items() if isinstance(node, DictConfig)}
 
 
 def instantiate_node(node: DictConfig, key: str, **runtime: Any) -> Any:
@@ -69,7 +44,7 @@ def instantiate_node(node: DictConfig, key: str, **runtime: Any) -> Any:
     A ``UserError`` raised by the target (bad file, bad value) passes through unchanged.
     """
     try:
-        return instantiate(node, **runtime)
+        return instantiate(node, _convert_="object", **runtime)
     except InstantiationException as err:
         cause = err.__cause__
         while cause is not None and not isinstance(cause, UserError) and cause.__cause__ is not None:

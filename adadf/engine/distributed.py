@@ -234,6 +234,12 @@ def unwrap_ddp(model: "nn.Module") -> "nn.Module":
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def unwrap(model: "nn.Module") -> "nn.Module":
+    """The plain model inside DDP and ``torch.compile``: the one whose state dict checkpoints hold."""
+    inner = unwrap_ddp(model)
+    return getattr(inner, "_orig_mod", inner)
+
+
 class AgreedStopFlag:
     """A ``StopFlag`` that all ranks agree on: if any rank got a signal, every rank stops at the
     same batch (a rank that stopped alone would leave the others waiting in a collective).

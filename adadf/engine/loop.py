@@ -13,7 +13,7 @@ from tqdm import tqdm
 from adadf.data.bundle import BatchTransform
 from adadf.engine.interrupt import StopFlag
 from adadf.errors import UserError
-from adadf.method import AdaDFMethod, Reducer
+from adadf.methods.base import Method, Reducer
 
 
 class NonFiniteLoss(UserError):
@@ -65,30 +65,33 @@ def train_one_epoch(
     model: nn.Module,
     loader: Iterable,
     optimizer: torch.optim.Optimizer,
-    method: AdaDFMethod,
+    method: Method,
     epoch: int,
     ctx: StepContext,
     *,
     batch_transform: BatchTransform | None = None,
-    accumulate_statistics: bool = False,
+    observe: bool = False,
     reduce: Reducer | None = None,
 ) -> dict[str, float]:
-    """One pass of Ada-DF training (spec section 3): one backward and one step per batch.
+    """One pass of training (spec section 3): one backward and one step per batch.
 
-    ``reduce`` (DDP) sums the epoch's loss terms and counts over ranks, so the metrics describe
-    the whole global epoch; images/s is then all ranks' images over this rank's time.
+    Every tensor term of ``method.loss`` is averaged over the epoch's rows (``train_<term>``);
+    float terms are reported as they stand after the last batch. ``observe`` also shows each
+    batch to the method (its online statistics). ``reduce`` (DDP) sums the terms and counts over
+    ranks, so the metrics describe the whole global epoch; images/s is then all ranks' images over
+    this rank's time.
     """
     model.train()
-    sums = torch.zeros(5, device=ctx.device, dtype=torch.float64)  # loss, ce, kl, rr, correct
+    sums: dict[str, torch.Tensor] = {}  # term -> sum over rows, float64 on the device
+    last: dict[str, float] = {}
     rows = images_seen = 0
-    weights = (float("nan"), float("nan"))
     start = time.perf_counter()
     for step, (images, labels) in enumerate(_batches(loader, ctx, f"train {epoch}"), start=1):
         x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
         with ctx.autocast():
-            aux_logits, target_logits, attention = model(x)  # [N, C], [N, C], [N]
-        # adadf_loss upcasts autocast's bf16/fp16 outputs to fp32 itself; float64 stays float64.
-        terms = method.loss(aux_logits, target_logits, attention, y, epoch, num_images)
+            outputs = model(x)  # (aux logits [N, C], target logits [N, C], attention [N])
+        # Losses upcast autocast's bf16/fp16 outputs to fp32 themselves; float64 stays float64.
+        terms = method.loss(outputs, y, epoch, num_images)
         loss = terms["loss"]
         if not torch.isfinite(loss):  # sync point, once per batch as in the reference
             raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}; stopping")
@@ -96,32 +99,34 @@ def train_one_epoch(
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
-        if accumulate_statistics:
-            method.accumulate(aux_logits, y)
+        if observe:
+            method.observe(outputs, y)
         with torch.no_grad():
-            correct = (target_logits.argmax(1) == y).sum()
-            sums += torch.stack([loss.detach() * y.numel(), terms["ce"].detach() * y.numel(),
-                                 torch.as_tensor(terms["kl"]).detach() * y.numel(),
-                                 torch.as_tensor(terms["rr"], device=ctx.device).detach() * y.numel(),
-                                 correct]).to(sums)
+            totals = {"correct": (outputs[1].argmax(1) == y).sum().double()}  # target-branch accuracy
+            for key, value in terms.items():
+                if isinstance(value, torch.Tensor):
+                    totals[key] = value.detach().to(device=ctx.device, dtype=torch.float64) * y.numel()
+                else:
+                    last[key] = float(value)
+            for key, total in totals.items():
+                sums[key] = sums[key] + total if key in sums else total
         rows += y.numel()
         images_seen += num_images
-        weights = (terms["w_ce"], terms["w_kl"])
     seconds = time.perf_counter() - start
-    if reduce is not None:  # [loss, ce, kl, rr, correct] sums, rows, images over all ranks
-        totals = reduce(torch.cat([sums, torch.tensor([rows, images_seen], dtype=sums.dtype, device=sums.device)]))
-        sums, rows, images_seen = totals[:5], int(totals[5]), int(totals[6])
+    keys = sorted(sums)
+    totals = torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
+    if reduce is not None:  # term sums, rows, images over all ranks
+        counts = torch.tensor([rows, images_seen], dtype=torch.float64, device=ctx.device)
+        reduced = reduce(torch.cat([totals.to(ctx.device), counts]))
+        totals, rows, images_seen = reduced[:-2], int(reduced[-2]), int(reduced[-1])
     if rows == 0:
         raise UserError("the training loader yielded no batch: dataset.batch_size is larger than the training split")
-    loss_sum, ce_sum, kl_sum, rr_sum, correct_sum = (sums / rows).tolist()
+    means = dict(zip(keys, (totals / rows).tolist()))
+    row = {f"train_{k}": v for k, v in means.items() if k != "correct"}
+    row["train_acc"] = 100.0 * means["correct"]
     return {
-        "train_loss": loss_sum,
-        "train_ce": ce_sum,
-        "train_kl": kl_sum,
-        "train_rr": rr_sum,
-        "train_acc": 100.0 * correct_sum,
-        "w_ce": float(weights[0]),
-        "w_kl": float(weights[1]),
+        **row,
+        **last,
         "train_time_s": seconds,
         "train_images_per_s": images_seen / seconds if seconds > 0 else float("nan"),
     }
@@ -177,18 +182,18 @@ def summarize_confusion(confusion: torch.Tensor) -> EvalResult:
 
 
 @torch.no_grad()
-def class_statistics_pass(
+def observe_pass(
     model: nn.Module,
     loader: Iterable,
-    method: AdaDFMethod,
+    method: Method,
     ctx: StepContext,
     *,
     batch_transform: BatchTransform | None = None,
 ) -> None:
-    """Accumulate auxiliary-branch softmax statistics over ``loader`` in eval mode (spec section 2)."""
+    """Show every batch of ``loader`` to ``method.observe`` in eval mode (Ada-DF: spec section 2)."""
     model.eval()
     for images, labels in _batches(loader, ctx, "class distributions"):
         x, y, _, _ = prepare_batch(images, labels, ctx, batch_transform)
         with ctx.autocast():
-            aux_logits, _, _ = model(x)
-        method.accumulate(aux_logits.float(), y)
+            outputs = model(x)
+        method.observe(outputs, y)

@@ -14,9 +14,9 @@ from torch.utils.data import RandomSampler
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
 from adadf.engine.checkpoint import rng_state, save_atomic, set_rng_state
-from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap_ddp
-from adadf.engine.loop import StepContext, class_statistics_pass, evaluate, train_one_epoch
-from adadf.method import AdaDFMethod, Reducer
+from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap, unwrap_ddp
+from adadf.engine.loop import StepContext, evaluate, observe_pass, train_one_epoch
+from adadf.methods.base import Method, Reducer
 from adadf.tracking import Logger, RunFiles
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def _reseed(loader: Any, seed: int, epoch: int, salt: int) -> None:
 @dataclass
 class Trainer:
     model: nn.Module
-    method: AdaDFMethod
+    method: Method
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     data: DataBundle
@@ -81,7 +81,6 @@ class Trainer:
     files: RunFiles
     logger: Logger
     epochs: int
-    ld_pass: LDPass = LDPass.augmented
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     is_main: bool = True
@@ -90,11 +89,9 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        model = getattr(self.model, "module", self.model)  # unwrap DDP
-        model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
         return {
             "format": "adadf-checkpoint-1",
-            "model": model.state_dict(),
+            "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.ctx.scaler.state_dict(),
@@ -108,8 +105,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        model = getattr(self.model, "module", self.model)
-        getattr(model, "_orig_mod", model).load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.ctx.scaler.load_state_dict(state["scaler"])
@@ -140,19 +136,20 @@ class Trainer:
             row |= train_one_epoch(
                 self.model, data.train_loader, self.optimizer, method, epoch, ctx,
                 batch_transform=data.train_batch_transform,
-                accumulate_statistics=self.ld_pass == LDPass.online, reduce=self.reduce,
+                observe=method.observes == LDPass.online, reduce=self.reduce,
             )
             broadcast_buffers(inner)  # DDP: every rank evaluates rank 0's BatchNorm statistics
             ld_start = time.perf_counter()
-            if self.ld_pass == LDPass.augmented:  # reference: the training loader as is
+            if method.observes == LDPass.augmented:  # Ada-DF's reference: the training loader as is
                 _reseed(data.train_loader, self.seed, epoch, 1)
-                class_statistics_pass(inner, data.train_loader, method, ctx,
-                                      batch_transform=data.train_batch_transform)
-            elif self.ld_pass == LDPass.clean:
-                class_statistics_pass(inner, data.clean_train_loader, method, ctx,
-                                      batch_transform=data.eval_batch_transform)
-            method.update_distributions(self.reduce)
-            check_same_across_ranks(method.class_dist, "the class distributions")  # DDP guard
+                observe_pass(inner, data.train_loader, method, ctx, batch_transform=data.train_batch_transform)
+            elif method.observes == LDPass.clean:
+                observe_pass(inner, data.clean_train_loader, method, ctx, batch_transform=data.eval_batch_transform)
+            method.end_epoch(self.reduce)
+            if self.reduce is not None:  # DDP guard: every rank must have learnt the same state
+                for key, value in method.state_dict().items():
+                    if isinstance(value, torch.Tensor):
+                        check_same_across_ranks(value.to(self.ctx.device), f"the method's {key}")
             row["ld_time_s"] = time.perf_counter() - ld_start
             self.scheduler.step()
 

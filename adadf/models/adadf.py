@@ -100,6 +100,8 @@ class AdaDF(nn.Module):
         self.target_branch = copy.deepcopy(self.aux_branch)
         self.aux_attention = nn.Linear(self.num_features, 1)
         self.target_attention = nn.Linear(self.num_features, 1)
+        # Method state found in a loaded checkpoint (class distributions), not part of the weights.
+        self.imported_state: dict[str, torch.Tensor | None] = {}
 
     @property
     def branches(self) -> tuple[Branch, Branch]:

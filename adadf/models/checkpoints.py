@@ -331,22 +331,24 @@ def _load_adadf_state(model: AdaDF, obj: Mapping, path: Path) -> torch.Tensor | 
 
 # ------------------------------------------------------------------------------------------ build
 def build_model(num_classes: int, name: str = "resnet18", checkpoint: str | None = None,
-                drop_rate: float = 0.0) -> tuple[AdaDF, torch.Tensor | None]:
+                drop_rate: float = 0.0) -> AdaDF:
     """Build an :class:`AdaDF` and optionally load weights (the ``backbone`` group's ``_target_``).
 
     ``checkpoint`` (``~`` expanded, made absolute) is auto-detected:
-      - adadf checkpoint ``{'model': <AdaDF state dict>, ...}``: loaded as is; its top-level
-        class distributions (``method.class_dist`` as the trainer saves them, or a top-level
-        ``class_distributions``) are returned;
+      - adadf checkpoint ``{'model': <AdaDF state dict>, ...}``: loaded as is, with its class
+        distributions (``method.class_dist`` as the trainer saves them, or a top-level
+        ``class_distributions``);
       - reference Ada-DF checkpoint (keys ``feature.*`` / ``branch_1*``): :func:`load_reference_checkpoint`;
       - anything else: a pretrained ResNet, :func:`load_pretrained_backbone`.
-    Returns (model, class distributions [C, C] or None).
+    Class distributions found in the file go to ``model.imported_state['class_dist']``, for the
+    method to start from (``Method.start_from``).
     """
     model = AdaDF(num_classes, backbone=name, drop_rate=drop_rate)
     if checkpoint is None or str(checkpoint).strip() == "":
-        return model, None
+        return model
     path = Path(checkpoint).expanduser().resolve()
-    return model, load_weights(model, load_state_file(path), path)
+    model.imported_state["class_dist"] = load_weights(model, load_state_file(path), path)
+    return model
 
 
 def load_weights(model: AdaDF, obj: Mapping, path: Path) -> torch.Tensor | None:

@@ -54,7 +54,7 @@ class WandbLogger(Logger):
         group: str | None = None,
         tags: Sequence[str] = (),
         name: str | None = None,
-        job_type: str = "train",
+        job_type: str | None = "train",
         log_checkpoint: bool = False,
     ) -> None:
         if mode not in ("offline", "online", "disabled"):

@@ -1,8 +1,5 @@
-"""Multirun sweeps: jobs that fail without stopping the sweep, and the sweep's results table.
+"""A multirun's results table (each job's failures are recorded by ``adadf.task``).
 
-- ``run_job`` is what ``run.py`` runs for each job. In a multirun a failed job is recorded
-  (``summary.json`` status ``failed`` with the error) and the sweep goes on: Hydra's basic sweeper
-  would re-raise the first failure after the batch and skip the end-of-sweep callbacks.
 - ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in conf/config.yaml) writes
   ``sweep_summary.csv`` (one row per job) and ``sweep_summary_by_setting.csv`` (jobs that differ
   only by seed, as mean and std) into the sweep dir, prints the table, and exits non-zero if any
@@ -17,13 +14,10 @@ import logging
 import math
 import re
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from adadf.errors import UserError
@@ -47,80 +41,6 @@ LEGEND = (
     "[honest] test accuracy at the epoch with the best validation accuracy (dataset.val_fraction > 0\n"
     "         holds out a stratified part of the training set for validation)"
 )
-
-
-# ---------------------------------------------------------------------------------------------
-# Inside each job
-# ---------------------------------------------------------------------------------------------
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def sweep_group() -> str | None:
-    """The W&B group of a multirun job, None outside a multirun.
-
-    Named after the sweep dir's last two parts (``multirun/fusion_grid/2026-01-01_10-00-00`` ->
-    ``fusion_grid-2026-01-01_10-00-00``), so all jobs of one sweep share it and two sweeps do not.
-    """
-    if not in_multirun():
-        return None
-    parts = Path(HydraConfig.get().sweep.dir).resolve().parts[-2:]
-    return "-".join(parts)[-128:]  # W&B's limit on group names
-
-
-def sweep_tags() -> list[str]:
-    """W&B tags a multirun job adds to ``logger.tags``: ``multirun`` and the sweep config's name."""
-    if not in_multirun():
-        return []
-    choice = HydraConfig.get().runtime.choices.get("sweep")
-    return ["multirun"] + ([str(choice)] if choice else [])
-
-
-def objective(summary: dict[str, Any]) -> float | None:
-    """What a job returns to the sweeper (Optuna maximises it): the best validation accuracy when
-    there is a validation split (``dataset.val_fraction`` > 0), else the best test accuracy."""
-    value = summary.get("best_val_acc")
-    return summary.get("best_acc") if value is None else value
-
-
-def _summary_stamp(path: Path) -> tuple[bool, int]:
-    return (True, path.stat().st_mtime_ns) if path.exists() else (False, 0)
-
-
-def run_job(train: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
-    """Run ``train(cfg)`` and return the objective.
-
-    Outside a multirun errors propagate (a ``UserError`` exits with one line). In a multirun a
-    failure is logged and recorded in the job's ``summary.json`` (``status: failed``, ``error``),
-    and the job returns None so the sweep goes on; ``SweepSummary`` exits non-zero at the end.
-    Ctrl-C (or SIGTERM) stops the whole sweep, after the job has saved its state.
-    """
-    if not in_multirun():
-        return objective(train(cfg))
-    from adadf.train import RunInterrupted, run_dir
-
-    files = RunFiles(run_dir())
-    started, before = time.time(), _summary_stamp(files.summary)
-    try:
-        return objective(train(cfg))
-    except RunInterrupted as err:
-        raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
-                         f"{HydraConfig.get().sweep.dir}") from None
-    except Exception as err:  # noqa: BLE001 - any failure of one job is recorded, the sweep goes on
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        kind = "" if isinstance(err, UserError) else type(err).__name__
-        message = ": ".join(part for part in (kind, first_line) if part)
-        if isinstance(err, UserError):
-            log.error("job failed: %s", message)
-        else:
-            log.exception("job failed")
-        written = _summary_stamp(files.summary) != before and files.read_summary()  # by train()
-        summary = written or {"best_acc": None, "best_epoch": None, "final_acc": None,
-                              "best_mean_class_acc": None, "epochs_completed": 0,
-                              "wall_time_s": time.time() - started}
-        summary.update(status="failed", error=message)
-        files.write_summary(summary)
-        return None
 
 
 # ---------------------------------------------------------------------------------------------

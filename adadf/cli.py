@@ -1,0 +1,66 @@
+"""What every command-line entry point shares: schemas registered before Hydra composes, and user
+errors (bad key, bad value, bad file) printed as one line with a non-zero exit and no traceback.
+
+Hydra prints composition errors over several lines and adds "Set the environment variable
+HYDRA_FULL_ERROR=1 ..." to every error. ``launch`` lets Hydra raise instead (the same switch) and
+prints one line itself; bugs keep their full traceback, and ``HYDRA_FULL_ERROR=1`` still shows one
+for everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from typing import Any, Callable
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from adadf.config import register_schemas
+from adadf.errors import UserError
+
+
+def _config_error(err: BaseException) -> str:
+    """One line for a Hydra/OmegaConf composition error (the override and what was expected)."""
+    cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
+    key = getattr(cause, "full_key", None)
+    schema = getattr(cause, "object_type", None)
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    override = re.search(r"override (\S+)", str(err).splitlines()[0]) if str(err).strip() else None
+    if key and schema is not None and dataclasses.is_dataclass(schema) and " not in " in reason:
+        names = ", ".join(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+        return f"{key}: unknown key (expected one of {names})"
+    if key:
+        where = override.group(1) if override else key
+        return f"{where}: {reason}"
+    text = str(err).split("Config search path")[0]  # Hydra appends its search path: not the user's concern
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    head, options = lines[0], [line for line in lines[1:] if not line.endswith(":")]
+    if "Available options" in str(err):
+        return f"{head} (available: {', '.join(options)})"
+    return "; ".join(lines)
+
+
+def one_line(err: BaseException) -> str | None:
+    """The line to print for a user error, or None for a bug (which keeps its traceback)."""
+    if isinstance(err, UserError):
+        return str(err)
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return _config_error(err)
+    return None
+
+
+def launch(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` function as a command."""
+    register_schemas()
+    wants_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; this function reports
+    try:
+        main()
+    except Exception as err:  # noqa: BLE001 - sorted into user errors and bugs below
+        line = None if wants_traceback else one_line(err)
+        if line is None:
+            raise
+        sys.stderr.write(line + "\n")
+        sys.exit(1)

@@ -1,0 +1,59 @@
+"""What the engine needs from a training method: a loss per batch and an update per epoch.
+
+A method owns its loss, what it learns between epochs (and from which pass over the data), its state
+for checkpoints and the terms it logs. The epoch loop only sums and logs the scalar terms ``loss``
+returns. Adding a method means one module (a subclass) and one YAML in ``conf/method/``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from adadf.config.schema import LDPass
+
+# Sums per-class statistics across processes (DDP); identity in a single process.
+Reducer = Callable[[Tensor], Tensor]
+# The network's output for a batch: (auxiliary logits [N, C], target logits [N, C], attention [N]).
+Outputs = tuple[Tensor, Tensor, Tensor]
+
+
+class Method:
+    """Base class: a plain method with no state and no pass between epochs."""
+
+    # Which data ``observe`` sees each epoch: None (nothing), ``online`` (the training batches),
+    # ``augmented`` (an eval-mode pass over the training loader) or ``clean`` (test transform).
+    observes: LDPass | None = None
+
+    def __init__(self, num_classes: int, pretrained: bool = False) -> None:
+        self.num_classes = num_classes
+        self.pretrained = pretrained
+
+    def loss(self, outputs: Outputs, labels: Tensor, epoch: int, num_images: int) -> dict[str, Tensor | float]:
+        """``{'loss': 0-d tensor to backpropagate, <term>: 0-d tensor | float, ...}``.
+
+        Tensor terms are averaged over the epoch's rows and logged as ``train_<term>``; float terms
+        (weights of a schedule) are logged as they stand after the last batch.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def observe(self, outputs: Outputs, labels: Tensor) -> None:
+        """One batch of the pass named by ``observes``."""
+
+    def end_epoch(self, reduce: Reducer | None = None) -> None:
+        """After the epoch's pass: update what the method learns between epochs."""
+
+    def config_updates(self) -> dict:
+        """Values the method resolved at run time, merged into the recorded config (W&B, checkpoints)."""
+        return {}
+
+    def start_from(self, imported: dict) -> None:
+        """State found in a loaded checkpoint (``backbone.checkpoint``), before training starts."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore ``state_dict()`` (resume)."""
