@@ -5,15 +5,16 @@
 
 Trees (written once under a temp dir, from scikit-image's bundled faces; nothing downloaded):
 
-- ``test``: the tree tests/test_align.py aligns: the astronaut portrait (512 px), a two-face
-  composite, 6 LFW faces and a non-face (190-230 px) -- 9 images, several sizes;
+- ``test``: a tree like the one tests/test_align.py aligns: the astronaut portrait (512 px), a
+  two-face composite (460x300), 6 LFW faces (230 px) and a plain no-face image -- 9 images;
 - ``lfw256``: ``--count`` 256x256 PNGs: skimage's 100 LFW faces (25 px) upscaled to 160-224 px
   (bicubic), mirrored or not, pasted at varying offsets on a grey 256 px canvas.
 
 Each setting ``WxT`` runs ``align_tree`` with W worker threads and torch.set_num_threads(T) into a
 fresh output folder (size 224, MTCNN on the CPU), ``--repeat`` times (median), after one warm-up
-image. Prints one line per
-tree and setting, plus the machine (cores, load average) since figures on a shared machine drift.
+image. Prints one line per tree and setting: images per wall second, images per CPU-second of
+this process (steadier on a busy machine) and the load average, since wall-clock figures on a
+shared machine drift.
 """
 from __future__ import annotations
 
@@ -72,14 +73,15 @@ def write_test_tree(root: Path) -> None:
     Image.new("RGB", (190, 190), (90, 140, 60)).save(root / "test" / "sad" / "grass.jpg")
 
 
-def measure(src: Path, work: Path, detector, workers: int, threads: int) -> tuple[int, float]:
+def measure(src: Path, work: Path, detector, workers: int, threads: int) -> tuple[int, float, float]:
+    """(images, wall seconds, CPU seconds of this process)."""
     from adadf.align import AlignSettings, align_tree
 
     torch.set_num_threads(threads)
     out = work / f"out-{src.name}-{workers}x{threads}"
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = align_tree(src, out, detector, AlignSettings(size=224), workers=workers, progress=False)
-    return result["images"], time.perf_counter() - start
+    return result["images"], time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
@@ -106,10 +108,12 @@ def main() -> None:
             for setting in args.settings:
                 workers, threads = (int(v) for v in setting.split("x"))
                 runs = [measure(src, work / f"run{r}", detector, workers, threads) for r in range(args.repeat)]
-                n, seconds = runs[0][0], float(np.median([t for _, t in runs]))
+                n = runs[0][0]
+                seconds = float(np.median([t for _, t, _ in runs]))
+                cpu = float(np.median([c for _, _, c in runs]))
                 print(f"{name:7s} {n:4d} images  workers={workers} torch_threads={threads}: "
-                      f"{n / seconds:6.1f} images/s  (median of {len(runs)}: {seconds:.2f} s; "
-                      f"load {os.getloadavg()[0]:.2f})", flush=True)
+                      f"{n / seconds:6.1f} images/s, {n / cpu:5.1f} per CPU-second  (median of {len(runs)}: "
+                      f"{seconds:.2f} s; load {os.getloadavg()[0]:.2f})", flush=True)
 
 
 if __name__ == "__main__":
