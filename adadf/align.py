@@ -304,9 +304,15 @@ def _absolute(path: str) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="align")
-def main(cfg: DictConfig) -> None:
-    """``python -m adadf.align`` / ``adadf-align``."""
+def _main(cfg: DictConfig) -> None:
     align_command(cfg)
+
+
+def main() -> None:
+    """``python -m adadf.align`` / ``adadf-align``: user errors are one line on stderr, exit 1."""
+    from adadf.cli import launch
+
+    launch(_main)
 
 
 if __name__ == "__main__":
