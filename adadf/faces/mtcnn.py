@@ -18,7 +18,7 @@ from adadf.faces.detector import DetectorUnavailable, Face
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install --no-deps facenet-pytorch (make install does it)"
+INSTALL_HINT = "`pip install --no-deps facenet-pytorch` (make install does it)"
 
 
 def _load_mtcnn_class():
@@ -27,7 +27,7 @@ def _load_mtcnn_class():
     except ImportError as err:
         raise DetectorUnavailable(
             f"detector MTCNN: the facenet-pytorch package is missing ({err.name or err}); install it with "
-            f"`{INSTALL_HINT}`") from None
+            f"{INSTALL_HINT}") from None
     return MTCNN
 
 
