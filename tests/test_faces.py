@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from adadf.faces import (
-    ARCFACE_112, DetectorUnavailable, Face, FaceDetector, align_face, alignment_matrix, apply_transform,
+    ARCFACE_112, DetectorUnavailable, FaceDetector, align_face, alignment_matrix, apply_transform,
     face_crops, pick_face, similarity_transform, template_points, wants_detection,
 )
 from adadf.errors import UserError
