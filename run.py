@@ -4,11 +4,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from adadf.cli import launch
+from adadf.cli import job, launch
 from adadf.engine.distributed import hydra_argv_for_rank
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@job
 def main(cfg: DictConfig) -> float | None:
     from adadf.task import run_task  # imported here so `--help` and config errors stay fast
 

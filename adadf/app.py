@@ -21,6 +21,7 @@ from torch import nn
 from adadf.config import TrainerConfig, instantiate_node, validate_config
 from adadf.config.dataset import DATASET_SCHEMAS
 from adadf.data.bundle import DataBundle
+from adadf.data.images import resolve_pipeline
 from adadf.engine import distributed
 from adadf.engine.loop import StepContext
 from adadf.errors import UserError
@@ -106,8 +107,13 @@ def dataset_node(config: Mapping[str, Any]) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema), known)
 
 
-def build_data(node: DictConfig, seed: int) -> DataBundle:
-    """The dataset group's loaders (rank 0 first under torchrun: it builds any cache, the others read it)."""
+def build_data(node: DictConfig, seed: int, device: torch.device | None = None) -> DataBundle:
+    """The dataset group's loaders (rank 0 first under torchrun: it builds any cache, the others read it).
+
+    ``dataset.pipeline=auto`` is resolved here for the training ``device`` (None: CUDA when
+    available): the exact-order ``device`` pipeline on CUDA, ``reference`` elsewhere."""
+    if node.get("pipeline") == "auto":
+        node = OmegaConf.merge(node, {"pipeline": resolve_pipeline("auto", device)})
     with distributed.main_rank_first():
         return instantiate_node(node, "dataset", loader_seed=seed)
 
@@ -163,7 +169,7 @@ def build(cfg: DictConfig, device: torch.device | None = None, data: DataBundle 
     typed = validate_config(cfg)
     trainer: TrainerConfig = typed["trainer"]
     device = device or resolve_device(trainer.device)
-    data = data or build_data(cfg.dataset, cfg.seed)
+    data = data or build_data(cfg.dataset, cfg.seed, device)
     model = build_model(cfg, data.num_classes, typed["fusion"].drop_rate).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -177,5 +183,7 @@ def build(cfg: DictConfig, device: torch.device | None = None, data: DataBundle 
     config = OmegaConf.to_container(cfg, resolve=True)
     for group, values in method.config_updates().items():  # W&B and checkpoints: the values used
         config.setdefault(group, {}).update(values)
+    if data.pipeline is not None:  # the input pipeline that runs (dataset.pipeline=auto resolved)
+        config.setdefault("dataset", {})["pipeline_resolved"] = data.pipeline
     return Parts(data=data, model=model, method=method, optimizer=optimizer, scheduler=scheduler,
                  ctx=step_context(trainer, device), trainer=trainer, config=config)

@@ -9,16 +9,22 @@ for everything.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import functools
 import os
 import re
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from adadf.config import register_schemas
 from adadf.errors import UserError
+
+T = TypeVar("T")
 
 
 def _config_error(err: BaseException) -> str:
@@ -42,10 +48,16 @@ def _config_error(err: BaseException) -> str:
     return "; ".join(lines)
 
 
+# A file the user's machine will not let us write (or read): the user's to fix, not a bug.
+_STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def one_line(err: BaseException) -> str | None:
     """The line to print for a user error, or None for a bug (which keeps its traceback)."""
     if isinstance(err, UserError):
         return str(err)
+    if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS and err.filename:
+        return f"{err.filename}: {err.strerror} (check the output location, e.g. hydra.run.dir)"
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         return _config_error(err)
     return None
@@ -64,3 +76,20 @@ def launch(main: Callable[[], Any]) -> None:
             raise
         sys.stderr.write(line + "\n")
         sys.exit(1)
+
+
+def job(task: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Decorate a Hydra task function: outside a multirun, a user error ends the command with its
+    one line (without Hydra's "Error executing job with overrides" preamble)."""
+
+    @functools.wraps(task)
+    def wrapper(cfg: Any) -> T:
+        try:
+            return task(cfg)
+        except UserError as err:
+            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise
+            sys.stderr.write(f"{err}\n")
+            raise SystemExit(1) from None
+
+    return wrapper

@@ -18,6 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from adadf.cli import job
 from adadf.errors import UserError
 
 if TYPE_CHECKING:
@@ -138,6 +139,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@job
 def _main(cfg: DictConfig) -> float:
     from adadf.app import run_dir
 

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from adadf.cli import job
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -415,6 +416,7 @@ def _absolute(path: str, to_absolute: Callable[[str], str]) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@job
 def _main(cfg: DictConfig) -> None:
     from adadf.app import run_dir
 

@@ -10,8 +10,8 @@ figure uses the RAF recipe at 224 px, the configured backbone, batch size and wo
 ``--root`` a RAF-DB layout dataset of 100x100 JPEGs is written once from the built-in synthetic
 faces (``--train`` / ``--test`` images) under ``$ADADF_CACHE_DIR/bench`` (else ~/.cache/adadf/bench).
 
-For each pipeline (``fast``, ``device``, ``reference`` by default), measured over ``--batches`` batches after a
-warm-up batch:
+For each pipeline (``device``, ``small_first``, ``reference`` by default: ``dataset.pipeline=auto`` is
+``device`` on CUDA and ``reference`` on the CPU), measured over ``--batches`` batches after a warm-up batch:
 
 - input only: augmented, normalised batches ready on the training device, no model; images/s, the
   CPU cores the pipeline kept busy (CPU seconds of this process and its DataLoader workers per
@@ -57,6 +57,8 @@ from adadf.config import register_schemas  # noqa: E402
 from adadf.engine.loop import evaluate, observe_pass, train_one_epoch  # noqa: E402
 
 log = logging.getLogger("throughput")
+
+PIPELINES = ("device", "small_first", "reference")  # auto = device on CUDA, reference on the CPU
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batches", type=int, default=8, help="timed batches per model measurement (default 8)")
     parser.add_argument("--input-batches", type=int, default=24, help="timed batches, input only (default 24)")
     parser.add_argument("--workers", type=int, default=None, help="dataset.num_workers (default: the cores)")
-    parser.add_argument("--pipelines", nargs="+", default=["fast", "device", "reference"])
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES))
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --), e.g. trainer.amp=true")
     args = parser.parse_args(argv)
@@ -362,13 +364,13 @@ def report(results: dict) -> None:
           + (f" ({m['gpu']})" if "gpu" in m else "") + f"; batch {m['batch_size']}, {m['workers']} workers, "
           f"{m['image_size']} px, {m['batches']} timed batches; load avg (1, 5, 15 min) at start "
           f"{tuple(round(x, 2) for x in m['load_avg_1_5_15'])}, at end {tuple(round(x, 2) for x in m['load_avg_end'])}")
-    print(f"{'pipeline':10s} {'input img/s':>11s} {'cores':>6s} {'img/core-s':>10s} {'model img/s':>11s} "
+    print(f"{'pipeline':11s} {'input img/s':>11s} {'cores':>6s} {'img/core-s':>10s} {'model img/s':>11s} "
           f"{'e2e img/s':>10s} {'e2e/model':>9s} {'LD pass s':>9s} {'epoch s':>8s} {'peak MB':>8s} {'setup s':>8s}")
     for name, p in pipes.items():
-        print(f"{name:10s} {p['input_images_per_s']:11.1f} {p['input_cores']:6.2f} {p['input_images_per_core_s']:10.1f} "
+        print(f"{name:11s} {p['input_images_per_s']:11.1f} {p['input_cores']:6.2f} {p['input_images_per_core_s']:10.1f} "
               f"{p['model_images_per_s']:11.1f} {p['e2e_images_per_s']:10.1f} {p['e2e_over_model']:9.3f} "
               f"{p['ld_pass_epoch_s']:9.1f} {p['epoch_s_est']:8.1f} {p['e2e_peak_mem_mb']:8.0f} {p['setup_s']:8.1f}")
-    for name in ("fast", "device"):
+    for name in ("device", "small_first"):
         if name in pipes and "reference" in pipes:
             f, r = pipes[name], pipes["reference"]
             print(f"{name} / reference input throughput per core used: "

@@ -75,6 +75,23 @@ def test_op_matches_timm(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
             _assert_close(name, _ours(name, magnitude, sign, IMAGES), ref)
 
 
+IMAGES_224 = _structured(n=2, h=224, w=224, seed=5)  # the recipe's size: what pipeline=device augments
+
+
+@pytest.mark.parametrize("name", br.OP_NAMES)
+def test_op_matches_timm_at_224_px(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every op at the paper's 224 px (the size the exact-order device pipeline augments at), exact
+    and float32 (the pipeline's) geometry."""
+    monkeypatch.setattr(aa, "_randomly_negate", lambda v: -v)
+    ref = _timm_op(name, 6.0, IMAGES_224)
+    _assert_close(name, _ours(name, 6.0, -1.0, IMAGES_224), ref)
+    diff = np.abs(_ours(name, 6.0, -1.0, IMAGES_224, exact=False) - ref)
+    if name in GEOMETRIC:
+        assert diff.max() <= 1 and diff.mean() < 0.05, (name, diff.max(), diff.mean())
+    else:
+        assert diff.max() == 0, name
+
+
 @pytest.mark.parametrize("name", sorted(GEOMETRIC))
 def test_fast_geometry_is_close(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """exact_geometry=False (float32 grid_sample): off by at most one level, on few pixels."""

@@ -28,7 +28,7 @@ def test_throughput_benchmark_reports_every_figure(tmp_path: Path, monkeypatch, 
     out = tmp_path / "figures.json"
     results = bench.main(["--root", str(root), "--batches", "2", "--input-batches", "2", "--workers", "0",
                           "--json", str(out), "--", "dataset.image_size=32", "dataset.batch_size=4"])
-    assert json.loads(out.read_text())["pipelines"].keys() == {"fast", "device", "reference"}
+    assert json.loads(out.read_text())["pipelines"].keys() == {"device", "small_first", "reference"}
     for name, figures in results["pipelines"].items():
         for key in ("input_images_per_s", "input_images_per_core_s", "model_images_per_s", "e2e_images_per_s",
                     "e2e_over_model", "ld_pass_epoch_s", "eval_epoch_s", "epoch_s_est", "e2e_peak_mem_mb"):
@@ -37,7 +37,7 @@ def test_throughput_benchmark_reports_every_figure(tmp_path: Path, monkeypatch, 
     machine = results["machine"]
     assert machine["cores"] >= 1 and machine["torch"] and len(machine["load_avg_1_5_15"]) == 3
     printed = capsys.readouterr().out
-    assert "fast / reference input throughput per core used" in printed
+    assert "small_first / reference input throughput per core used" in printed
     assert "device / reference input throughput per core used" in printed
 
 

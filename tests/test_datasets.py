@@ -291,10 +291,11 @@ def test_balanced_sampler_draws_and_reseeds():
 
 
 def test_pipeline_choice(data, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path))  # where the fast pipeline caches images
+    monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path))  # where the cached pipelines keep images
     # the same builder routes to adadf.data.fast, which leaves the batch stage to the device
-    fast = build("raf", root=str(data / "raf"), pipeline="fast", **SMALL)
-    assert fast.train_batch_transform is not None and fast.num_classes == 7
+    for name in ("device", "small_first"):
+        cached = build("raf", root=str(data / "raf"), pipeline=name, **SMALL)
+        assert cached.train_batch_transform is not None and cached.num_classes == 7 and cached.pipeline == name
     with pytest.raises(UserError) as err:
         build("raf", root=str(data / "raf"), pipeline="turbo", **SMALL)
     one_line_error(err, "dataset.pipeline='turbo'", "reference")
@@ -523,10 +524,35 @@ def test_experiment_settings(compose_cfg, experiment, dataset, threshold, beta, 
     fusion = validate_config(cfg)["fusion"]  # pretrained trunk: the reference's non-detached fused target
     assert resolve_detach_target(fusion, pretrained=cfg.backbone.checkpoint is not None).detach_target is False
     assert cfg.dataset.image_size == 224
-    assert cfg.dataset.pipeline == ("fast" if experiment == "raf" else "reference")
+    assert cfg.dataset.pipeline == "auto"  # the recipe's exact order: device on CUDA, reference on the CPU
     assert cfg.dataset.num_classes == (8 if experiment == "affectnet8" else 7)
     assert cfg.dataset.balanced == experiment.startswith("affectnet")
     assert cfg.dataset.recipe == ("tencrop" if experiment == "sfew" else "standard")
+
+
+@pytest.mark.parametrize("option", ["raf", "affectnet7", "affectnet8", "sfew", "folder"])
+def test_pipeline_auto_is_every_image_datasets_default(option):
+    """The schema default, and no dataset YAML overrides it."""
+    assert DATASET_SCHEMAS[option]().pipeline == "auto"
+    text = (Path(__file__).resolve().parents[1] / "conf" / "dataset" / f"{option}.yaml").read_text()
+    assert "\npipeline:" not in text
+
+
+def test_pipeline_auto_resolves_by_training_device(data, tmp_path, monkeypatch):
+    """auto: the reference recipe (PIL) on the CPU, the exact-order device pipeline on CUDA."""
+    from adadf import app
+    from adadf.data.images import resolve_pipeline
+
+    assert resolve_pipeline("auto", torch.device("cpu")) == "reference"
+    assert resolve_pipeline("auto", torch.device("cuda")) == "device"
+    assert resolve_pipeline("auto", "cuda:1") == "device"
+    assert resolve_pipeline("reference", torch.device("cuda")) == "reference"
+    monkeypatch.setenv("ADADF_CACHE_DIR", str(tmp_path))
+    node = OmegaConf.structured(DATASET_SCHEMAS["raf"](root=str(data / "raf"), **SMALL))
+    assert node.pipeline == "auto"
+    bundle = app.build_data(node, 0, torch.device("cpu"))
+    assert bundle.pipeline == "reference" and bundle.train_batch_transform is None  # PIL per image, in workers
+    assert type(bundle.train_loader.dataset).__name__ == "ImageFileDataset"
 
 
 # ------------------------------------------------------------------------------------ run.py

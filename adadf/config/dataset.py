@@ -12,7 +12,8 @@ from typing import List, Optional
 
 from adadf.config.fields import at_least, half_open01, one_of, ranged
 
-PIPELINES = ("reference", "fast", "device")
+# auto: device on CUDA, reference elsewhere (adadf.data.images.resolve_pipeline); fast: small_first's old name
+PIPELINES = ("auto", "reference", "device", "small_first", "fast")
 RECIPES = ("standard", "tencrop")
 VERIFY_MODES = ("auto", "decode", "exists")
 
@@ -36,7 +37,7 @@ class DatasetConfig:
 class ImageDatasetConfig(DatasetConfig):
     """Datasets of image files (everything but the built-in synthetic one)."""
 
-    pipeline: str = ranged("reference", *one_of(*PIPELINES))
+    pipeline: str = ranged("auto", *one_of(*PIPELINES))  # every dataset's default: the recipe's exact order
     recipe: str = ranged("standard", *one_of(*RECIPES))
     balanced: bool = False  # class-balanced sampler
     verify_images: str = ranged("auto", *one_of(*VERIFY_MODES))
@@ -58,7 +59,6 @@ class SyntheticConfig(DatasetConfig):
 class RafConfig(ImageDatasetConfig):
     _target_: str = "adadf.data.raf.build_raf"
     root: Optional[str] = "datasets/raf-basic"
-    pipeline: str = ranged("fast", *one_of(*PIPELINES))
 
 
 @dataclass

@@ -6,8 +6,8 @@ ops, on whatever device the batch lives on (CPU or CUDA): no PIL and no Python l
 Every random draw is made up front on the CPU (from the caller's ``torch.Generator`` or torch's
 global RNG) into a :class:`Plan`; then, for every op slot and every op, the images that drew that op
 (and passed the ``prob`` coin) are gathered, transformed together with their own arguments, and
-written back. Index tensors are built on the CPU and copied to the device, so the device is never
-waited on to decide what to run.
+written back. Index tensors are built on the CPU and copied to the device from pinned memory
+(:func:`to_device`), so the device is never waited on to decide what to run.
 
 Semantics follow timm + Pillow (13) and are checked op by op against them in
 ``tests/test_batch_randaugment.py``:
@@ -63,13 +63,22 @@ OP_NAMES: tuple[str, ...] = (
 
 
 # ---------------------------------------------------------------------------------------- helpers
+def to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (plan, arguments, indices) on ``device`` without a device sync: a CUDA
+    copy from pageable memory first waits for the stream's queued work, one from pinned memory
+    does not (PyTorch caches pinned blocks, so pinning a few bytes per call is cheap)."""
+    if device.type != "cuda" or values.device.type != "cpu":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
+
+
 def _per_image(values: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-image arguments as [N, 1, 1, 1] on ``x``'s device, so they broadcast over pixels."""
-    return values.to(device=x.device, dtype=torch.float32, non_blocking=True).view(-1, 1, 1, 1)
+    return to_device(values.to(torch.float32), x.device).view(-1, 1, 1, 1)
 
 
 def _fill_tensor(fill: tuple[float, float, float] | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.as_tensor(fill, dtype=torch.float32).to(x.device, non_blocking=True).view(1, 3, 1, 1)
+    return to_device(torch.as_tensor(fill, dtype=torch.float32), x.device).view(1, 3, 1, 1)
 
 
 def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
@@ -199,7 +208,7 @@ def _affine_fast(x: torch.Tensor, coeffs: torch.Tensor, fill: tuple[float, float
     but a value that is an integer in Pillow's double arithmetic can land just below it and be
     truncated one grey level lower (about 1% of the pixels of a translated image)."""
     n, _, h, w = x.shape
-    cf = coeffs.to(device=x.device, dtype=torch.float32, non_blocking=True).view(n, 6, 1, 1)
+    cf = to_device(coeffs.to(torch.float32), x.device).view(n, 6, 1, 1)
     ys = torch.arange(h, dtype=torch.float32, device=x.device).view(1, h, 1) + 0.5
     xs = torch.arange(w, dtype=torch.float32, device=x.device).view(1, 1, w) + 0.5
     x_in = cf[:, 0] * xs + cf[:, 1] * ys + cf[:, 2]
@@ -225,7 +234,7 @@ def op_affine(x: torch.Tensor, coeffs: torch.Tensor, fill: tuple[float, float, f
         return _affine_fast(x, coeffs, fill)
     n, c, h, w = x.shape
     dev = x.device
-    cf = coeffs.to(device=dev, dtype=torch.float64, non_blocking=True).view(n, 6, 1, 1)
+    cf = to_device(coeffs.to(torch.float64), dev).view(n, 6, 1, 1)
     ys = torch.arange(h, dtype=torch.float64, device=dev).view(1, h, 1) + 0.5
     xs = torch.arange(w, dtype=torch.float64, device=dev).view(1, 1, w) + 0.5
     x_in = cf[:, 0] * xs + cf[:, 1] * ys + cf[:, 2]
@@ -434,7 +443,7 @@ class BatchRandAugment:
                 chosen = torch.nonzero(plan.apply[slot] & (plan.ops[slot] == k)).flatten()
                 if chosen.numel() == 0:
                     continue
-                idx = chosen.to(x.device, non_blocking=True)
+                idx = to_device(chosen, x.device)
                 out = fn(x.index_select(0, idx), plan.magnitudes[slot, chosen], plan.signs[slot, chosen])
                 x.index_copy_(0, idx, out)
         return x.round_().clamp_(0, 255).to(torch.uint8)

@@ -41,6 +41,7 @@ class DataBundle:
     num_crops: int = 1
     train_batch_transform: BatchTransform | None = None
     eval_batch_transform: BatchTransform | None = None
+    pipeline: str | None = None  # the input pipeline that runs (dataset.pipeline resolved); None: the dataset's own
 
     def flipped(self) -> list[FlippedLabel]:
         """The training samples whose label noise changed, in index order (empty without noise)."""
@@ -154,6 +155,7 @@ def build_bundle(
     num_crops: int = 1,
     train_batch_transform: BatchTransform | None = None,
     eval_batch_transform: BatchTransform | None = None,
+    pipeline: str | None = None,
 ) -> DataBundle:
     """Loaders for a dataset given its train/test sets (every builder ends here).
 
@@ -199,4 +201,5 @@ def build_bundle(
         num_crops=num_crops,
         train_batch_transform=train_batch_transform,
         eval_batch_transform=eval_batch_transform,
+        pipeline=pipeline,
     )

@@ -1,34 +1,47 @@
-"""The fast input pipeline (``dataset.pipeline=fast``): decode once, augment small, finish on the device.
+"""The cached input pipelines: decode once, then augment on the training device (``dataset.pipeline``).
 
 The reference pipeline (``dataset.pipeline=reference``, :mod:`adadf.data.transforms`) decodes every
-JPEG every epoch, resizes it to 224 px and runs the whole recipe per image in PIL on the CPU. Here:
+JPEG every epoch and runs the whole recipe per image in PIL on the CPU. The two pipelines here read
+a decoded uint8 cache instead:
 
-1. **Decoded image cache.** Every image of a split is decoded once (threads, tqdm progress bar),
-   resized to ``S`` x ``S`` if it is not that size already (bilinear, aspect not kept: the
-   recipe's own first step) and stored as one uint8 ``[N, S, S, 3]`` ``.npy`` file under
-   ``cache_dir("images")`` (:mod:`adadf.data.cache`: ``$ADADF_CACHE_DIR/images``, else
-   ``~/.cache/adadf/images``). The file name is a hash of the split's files (relative path, size,
-   modification time), the resolved root and ``S``, so it is reused across epochs and runs and
-   rebuilt when an image changes. Its SHA-256 is written atomically beside it (``<name>.sha256``)
-   and checked whenever the cache is opened: a file whose bytes changed is rebuilt, with a warning
-   naming it. It is memory-mapped: workers share the page cache (RAF-DB at 100 px is ~370 MB). ``S``
-   defaults to the smaller of the recipe's resize and the first image's larger side (RAF-DB: its
-   native 100 px, so the cache is lossless).
-2. **Per image, in DataLoader workers, at the stored size:** timm's RandAugment (the recipe's
-   string and hparams, the same Posterize bit floor as the reference) and the horizontal flip,
-   in PIL, on the S x S image instead of the 224 x 224 one (about 5x fewer pixels at RAF-DB's 100 px).
-   Workers return uint8 ``[3, S, S]``: a batch is ~2 MB instead of ~38 MB of float32.
-3. **Per batch, on the training device** (the trainer applies ``train_batch_transform``): resize to
-   224 (bilinear; on the CPU torch's uint8 kernel, which follows Pillow's, on one thread), normalise, then
-   RandomErasing per image with torchvision's own parameter sampling (p, scale, ratio (0.3, 3.3),
-   value 0 as in the reference). Evaluation: resize + normalise.
+- ``device`` (what ``auto`` picks on a CUDA device): the recipe **in its own order**, batched on the
+  training device: resize to ``image_size`` -> RandAugment (:class:`BatchRandAugment`) -> flip ->
+  normalise -> RandomErasing (:class:`ResizeAugmentNormalizeErase`). DataLoader workers only read
+  the cache. Ten-crop (SFEW): the workers slice the ten crops out of the cached, already resized
+  frame (a memory-map read, no arithmetic), the device runs RandAugment per crop, batched, then
+  flip, normalise, erase.
+- ``small_first`` (was ``fast``; never a default): RandAugment and the flip per image in PIL in the
+  workers **on the small stored image, before the resize**; resize, normalise and erase batched on
+  the device. Square-resize recipes only.
 
-``dataset.pipeline=device`` (:class:`AugmentResizeNormalizeErase`) moves step 2 to the device as well:
-workers only read the cache, and :class:`adadf.data.batch_randaugment.BatchRandAugment` runs timm's
-RandAugment batched (Pillow's arithmetic; geometric ops always bilinear and, here, through float32
-``grid_sample``: a few pixels one grey level off), then the flip, then step 3.
+1. **Decoded image cache.** Every image of a split is decoded once (threads, tqdm progress bar) and
+   stored as one uint8 ``.npy`` file under ``cache_dir("images")`` (:mod:`adadf.data.cache`:
+   ``$ADADF_CACHE_DIR/images``, else ``~/.cache/adadf/images``). Square recipes: ``[N, S, S, 3]``,
+   resized to ``S`` x ``S`` if it is not that size already (bilinear, aspect not kept: the recipe's
+   own first step); ``S`` is the smaller of the recipe's resize and the first image's larger side
+   (RAF-DB: its native 100 px, so the cache is lossless). Ten-crop: ``[N, H, W, 3]``, every image
+   resized as the recipe's first step does (shorter side to ``resize``, PIL bilinear, exactly
+   torchvision's ``Resize``) and stored at the top left of a frame as large as the largest one.
+   The file name is a hash of the split's files (relative path, size, modification time), the
+   resolved root and the stored geometry, so it is reused across epochs and runs and rebuilt when an
+   image changes. Its SHA-256 is written atomically beside it (``<name>.sha256``) and checked
+   whenever the cache is opened: a file whose bytes changed is rebuilt, with a warning naming it.
+   It is memory-mapped: workers share the page cache (RAF-DB at 100 px is ~370 MB).
+2. **Per batch, on the training device** (the trainer applies ``train_batch_transform``): see the
+   two pipelines above. The resize is bilinear with antialiasing; on the CPU it is torch's uint8
+   kernel (which follows Pillow's), on CUDA float, rounded to integers before RandAugment (as PIL's
+   resize returns integers). RandomErasing uses torchvision's own parameter sampling (p, scale,
+   ratio (0.3, 3.3), value 0, as in the reference). Evaluation: resize + normalise.
 
-Differences from the reference recipe (resize -> RandAugment -> flip -> tensor -> normalise -> erase):
+``device``'s only differences from the reference recipe are sampling ones: the resize is torch's
+antialiased bilinear (equal to PIL's to one grey level); geometric RandAugment ops always sample
+bilinearly (timm picks bilinear or bicubic) through float32 ``grid_sample`` (a few pixels one grey
+level off PIL's); and random streams differ (torch's global RNG, saved in checkpoints, instead of
+the workers' Python/numpy RNGs), so a seed gives other augmentations than ``pipeline=reference``
+with the same distribution.
+
+What ``small_first`` changes on top (the recipe's order is resize -> RandAugment -> flip -> tensor
+-> normalise -> erase):
 
 - RandAugment runs **before** the resize, on the stored image. Flip commutes with the resize exactly;
   the colour ops (brightness, colour, contrast, solarize, posterize, invert, autocontrast, equalize)
@@ -46,9 +59,8 @@ Differences from the reference recipe (resize -> RandAugment -> flip -> tensor -
   100 px images are stored losslessly at every recipe size >= 100).
 - Random streams differ (RandomErasing draws from the training process's torch RNG, not the
   workers'), so the same seed gives other augmentations than ``pipeline=reference``.
-
-Only square-resize recipes (``standard``: RAF-DB, AffectNet) are supported; ten-crop (SFEW) keeps
-``pipeline=reference``.
+- Only square-resize recipes (``standard``: RAF-DB, AffectNet); ten-crop (SFEW) needs ``device``
+  or ``reference``.
 """
 from __future__ import annotations
 
@@ -73,7 +85,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from adadf.atomic import atomic_open, atomic_path
-from adadf.data.batch_randaugment import BatchRandAugment
+from adadf.data.batch_randaugment import BatchRandAugment, to_device
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir
 from adadf.data.decode import larger_side, load_rgb
@@ -96,10 +108,13 @@ def native_size(index: ImageIndex) -> int:
     return larger_side(index.absolute(0))
 
 
-def cache_key(index: ImageIndex, size: int) -> str:
-    """A hash of what the cached pixels depend on: root, every file's path/size/mtime, the size."""
+def cache_key(index: ImageIndex, size: int, shorter_side: bool = False) -> str:
+    """A hash of what the cached pixels depend on: root, every file's path/size/mtime, the geometry."""
     digest = hashlib.sha256()
-    digest.update(json.dumps({"format": CACHE_FORMAT, "size": size, "root": str(Path(index.root).resolve())}).encode())
+    key = {"format": CACHE_FORMAT, "size": size, "root": str(Path(index.root).resolve())}
+    if shorter_side:
+        key["shorter_side"] = True
+    digest.update(json.dumps(key).encode())
     for rel in index.paths:
         try:
             stat = os.stat(index.root / rel)
@@ -114,6 +129,37 @@ def _decode(path: Path, size: int) -> np.ndarray:
     if image.size != (size, size):
         image = image.resize((size, size), Image.BILINEAR)
     return np.asarray(image, dtype=np.uint8)  # [S, S, 3]
+
+
+def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(h, w) of torchvision's ``Resize(size)`` (shorter side to ``size``, the longer one truncated)."""
+    if width <= height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def image_sizes(index: ImageIndex) -> list[tuple[int, int]]:
+    """(width, height) of every image of ``index``, from the headers (a full decode where that fails)."""
+    sizes = []
+    for i in range(len(index)):
+        try:
+            with Image.open(index.absolute(i)) as image:
+                sizes.append(image.size)
+        except OSError:
+            sizes.append(load_rgb(index.absolute(i)).size)  # raises the one-line UnreadableImage
+    return sizes
+
+
+def _decode_frame(path: Path, size: int, frame: tuple[int, int]) -> np.ndarray:
+    """The image resized like ``T.Resize(size)`` (PIL bilinear), at the top left of a zero
+    ``frame`` = (H, W): uint8 [H, W, 3]."""
+    image = load_rgb(path)
+    h, w = shorter_side_size(*image.size, size)
+    image = T.Resize(size, interpolation=T.InterpolationMode.BILINEAR)(image)
+    assert image.size == (w, h), (path, image.size, (w, h))
+    out = np.zeros((*frame, 3), dtype=np.uint8)
+    out[:h, :w] = np.asarray(image, dtype=np.uint8)
+    return out
 
 
 def digest_path(path: Path) -> Path:
@@ -142,13 +188,19 @@ def cache_problem(path: Path, shape: tuple[int, ...]) -> str | None:
     return None
 
 
-def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int | None = None) -> Path:
+def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int | None = None,
+                frame: tuple[int, int] | None = None) -> Path:
     """The uint8 ``[N, size, size, 3]`` .npy file of ``index``'s decoded images (built if missing,
-    rebuilt if its content check fails), with its SHA-256 written atomically beside it."""
+    rebuilt if its content check fails), with its SHA-256 written atomically beside it.
+
+    ``frame`` = (H, W): instead, every image resized with its shorter side to ``size`` (aspect kept,
+    the ten-crop recipe's first step) at the top left of an ``[N, H, W, 3]`` frame."""
     root = cache_dir("images")
-    path = root / f"{split}-{len(index)}x{size}px-{cache_key(index, size)}.npy"
+    geometry = f"{size}px" if frame is None else f"short{size}px-{frame[0]}x{frame[1]}"
+    path = root / f"{split}-{len(index)}x{geometry}-{cache_key(index, size, frame is not None)}.npy"
+    shape = (len(index), size, size, 3) if frame is None else (len(index), *frame, 3)
     if path.is_file():
-        problem = cache_problem(path, (len(index), size, size, 3))
+        problem = cache_problem(path, shape)
         if problem is None:
             log.info("decoded %s images: %s", split, path)
             return path
@@ -160,11 +212,12 @@ def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int
                         "set ADADF_CACHE_DIR to a writable directory") from None
     start = time.perf_counter()
     with atomic_path(path) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(index), size, size, 3))
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         paths = [index.absolute(i) for i in range(len(index))]
         threads = threads or min(8, os.cpu_count() or 1)  # Pillow releases the GIL while decoding
+        decode = partial(_decode, size=size) if frame is None else partial(_decode_frame, size=size, frame=frame)
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            decoded = pool.map(partial(_decode, size=size), paths, chunksize=32)
+            decoded = pool.map(decode, paths, chunksize=32)
             for i, pixels in enumerate(tqdm(decoded, total=len(paths), desc=f"decoding {split} images",
                                             unit="img", leave=False, mininterval=1.0)):
                 out[i] = pixels
@@ -206,6 +259,37 @@ class CachedImageDataset(Dataset):
         else:
             pixels = np.array(pixels)  # own, writable copy
         return torch.from_numpy(pixels).permute(2, 0, 1), self.labels[i]  # [3, S, S]
+
+
+def ten_crop_windows(height: int, width: int, crop: int) -> list[tuple[int, int, bool]]:
+    """torchvision ``TenCrop(crop)``'s windows on an image of ``height`` x ``width``, in its order:
+    (top, left, mirrored). The last five are ``five_crop`` of the mirrored image, i.e. the mirror of
+    the crop at ``width - left - crop`` of the image itself."""
+    centre = (int(round((height - crop) / 2.0)), int(round((width - crop) / 2.0)))
+    five = [(0, 0), (0, width - crop), (height - crop, 0), (height - crop, width - crop), centre]
+    return [(t, l, False) for t, l in five] + [(t, width - l - crop, True) for t, l in five]
+
+
+class TenCropCachedDataset(CachedImageDataset):
+    """Items ``(uint8 [10, 3, C, C], label)``: the ten crops of torchvision's ``TenCrop(C)`` sliced
+    out of a frame cache (:func:`build_cache` with ``frame``); ``sizes[i]`` = (h, w) of image ``i``
+    in its frame. Slicing only: equal to the reference's crops before the tensor conversion."""
+
+    def __init__(self, path: Path, labels: list[int], sizes: list[tuple[int, int]], crop: int) -> None:
+        super().__init__(path, labels)
+        self.sizes = [tuple(map(int, hw)) for hw in sizes]
+        self.crop = int(crop)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if self._pixels is None:
+            self._pixels = np.load(self.path, mmap_mode="r")
+        frame = self._pixels[i]  # [H, W, 3] view of the memory map
+        c = self.crop
+        out = np.empty((10, c, c, 3), dtype=np.uint8)
+        for k, (top, left, mirrored) in enumerate(ten_crop_windows(*self.sizes[i], c)):
+            window = frame[top:top + c, left:left + c]
+            out[k] = window[:, ::-1] if mirrored else window
+        return torch.from_numpy(out).permute(0, 3, 1, 2), self.labels[i]  # [10, 3, C, C]
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,12 +350,21 @@ class ResizeNormalize:
         return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
                              antialias=True)
 
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """mean and 1/std as [1, C, 1, 1] on ``device``, copied there once (a copy per batch would
+        wait for the device)."""
+        cached = getattr(self, "_on_device", None)
+        if cached is None or cached[0].device != device:
+            cached = tuple(to_device(torch.tensor(v, dtype=torch.float32), device).view(1, -1, 1, 1)
+                           for v in (self.mean, self.inv_std))
+            self._on_device = cached
+        return cached
+
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape
         out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)  # NCHW, as the reference
         out.copy_(images)
-        mean = torch.tensor(self.mean, device=images.device).view(1, c, 1, 1)
-        inv_std = torch.tensor(self.inv_std, device=images.device).view(1, c, 1, 1)
+        mean, inv_std = self._constants(images.device)
         return out.sub_(mean).mul_(inv_std)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -316,10 +409,11 @@ class ResizeNormalizeErase(ResizeNormalize):
                 f"scale={self.erasing_scale}, ratio={self.erasing_ratio})")
 
 
-class AugmentResizeNormalizeErase(ResizeNormalizeErase):
-    """``dataset.pipeline=device``: the whole recipe batched on the device. RandAugment
-    (:class:`BatchRandAugment`, at the stored size like the workers' version) and the flip, then
-    resize, normalise and erase. Draws from torch's global RNG (saved in checkpoints)."""
+class ResizeAugmentNormalizeErase(ResizeNormalizeErase):
+    """``dataset.pipeline=device``: the recipe in its own order, batched on the device: resize to
+    ``size`` (rounded to integers, as PIL's resize returns them) -> RandAugment
+    (:class:`BatchRandAugment`) -> flip -> normalise -> RandomErasing. Draws from torch's global
+    RNG (saved in checkpoints). uint8 ``[N, 3, s, s]`` -> float32 ``[N, 3, size, size]``."""
 
     def __init__(self, augment: BatchRandAugment | None, flip_p: float, size: int, mean: tuple[float, ...],
                  std: tuple[float, ...], erasing_p: float, erasing_scale: tuple[float, float]) -> None:
@@ -327,57 +421,92 @@ class AugmentResizeNormalizeErase(ResizeNormalizeErase):
         self.augment = augment
         self.flip_p = float(flip_p)
 
+    def resize_to_integers(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 -> resized, integer-valued (uint8 on the CPU, rounded float on other devices)."""
+        resized = self.resize(images)
+        if resized.dtype != torch.uint8:
+            resized = resized.round_().clamp_(0, 255)
+        return resized.contiguous()
+
     def flip(self, images: torch.Tensor) -> torch.Tensor:
         if self.flip_p <= 0:
             return images
-        mirrored = (torch.rand(images.shape[0]) < self.flip_p).to(images.device, non_blocking=True)
+        mirrored = to_device(torch.rand(images.shape[0]) < self.flip_p, images.device)
         return torch.where(mirrored.view(-1, 1, 1, 1), images.flip(-1), images)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with one_cpu_thread(images.device):
+            images = self.resize_to_integers(images)  # [N, 3, S, S]
             if self.augment is not None:
-                images = self.augment(images)
-            return self.erase(self.normalize(self.resize(self.flip(images))))
+                images = self.augment(images)  # uint8
+            return self.erase(self.normalize(self.flip(images)))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.augment}, flip_p={self.flip_p}, {super().__repr__()})"
+        return f"{type(self).__name__}(resize -> {self.augment} -> flip_p={self.flip_p} -> {super().__repr__()})"
 
 
 # --------------------------------------------------------------------------------------------
-# Builder (called by adadf.data.images.build_image_bundle for dataset.pipeline=fast|device)
+# Builder (called by adadf.data.images.build_image_bundle for dataset.pipeline=device|small_first)
 # --------------------------------------------------------------------------------------------
-def device_train_transform(recipe: Recipe) -> AugmentResizeNormalizeErase:
-    """The recipe's training steps as one batch transform (``pipeline=device``). Geometric ops use
-    float32 ``grid_sample``: a few pixels one grey level off PIL's, much faster than exact."""
+CACHED_PIPELINES = ("device", "small_first")
+
+
+def device_train_transform(recipe: Recipe) -> ResizeAugmentNormalizeErase:
+    """The recipe's training steps as one batch transform (``pipeline=device``), in the recipe's
+    order. Geometric ops use float32 ``grid_sample``: a few pixels one grey level off PIL's, much
+    faster than exact."""
     augment = None
     if recipe.randaugment:
         augment = BatchRandAugment.from_config(recipe.randaugment, img_mean=tuple(recipe.img_mean),
                                                min_posterize_bits=recipe.min_posterize_bits, exact_geometry=False)
-    return AugmentResizeNormalizeErase(augment, recipe.flip_p, recipe.image_size, recipe.mean, recipe.std,
+    return ResizeAugmentNormalizeErase(augment, recipe.flip_p, recipe.image_size, recipe.mean, recipe.std,
                                        recipe.erasing_p, recipe.erasing_scale)
 
 
-def build_fast_bundle(
+def _ten_crop_sets(train_index: ImageIndex, test_index: ImageIndex, recipe: Recipe
+                   ) -> tuple[TenCropCachedDataset, TenCropCachedDataset]:
+    """Frame caches of both splits (shorter side resized to the recipe's) and their crop datasets."""
+    sets = []
+    for index, split in ((train_index, "train"), (test_index, "test")):
+        sizes = [shorter_side_size(w, h, recipe.resize) for w, h in image_sizes(index)]
+        frame = (max(h for h, _ in sizes), max(w for _, w in sizes))
+        path = build_cache(index, recipe.resize, split, frame=frame)
+        sets.append(TenCropCachedDataset(path, list(index.labels), sizes, recipe.image_size))
+    return sets[0], sets[1]
+
+
+def build_cached_bundle(
     train_index: ImageIndex,
     test_index: ImageIndex,
     recipe: Recipe,
     *,
-    augment_on: str,
+    pipeline: str,
     **common: Any,
 ) -> DataBundle:
-    """Loaders over the decoded caches with per-image augmentation at the stored size and the rest
-    of the recipe as batch transforms (see the module docstring); ``common`` is what
+    """Loaders over the decoded caches, the recipe's augmentation as batch transforms on the
+    training device (see the module docstring); ``common`` is what
     :func:`adadf.data.bundle.build_bundle` takes besides the datasets.
 
-    ``augment_on="workers"`` (``pipeline=fast``) runs RandAugment and the flip per image in PIL in the
-    ``num_workers`` training workers; ``"device"`` (``pipeline=device``) runs them batched on the
-    training device (:mod:`adadf.data.batch_randaugment`), the workers only read the cache.
-    Evaluation loaders read the memory map in the training process (no per-image work to share).
+    ``pipeline="device"``: the workers only read the cache (and slice ten crops), the whole recipe
+    runs batched on the device in its order. ``"small_first"``: RandAugment and the flip per image
+    in PIL in the workers at the stored size, before the device's resize. Evaluation loaders read
+    the memory map in the training process (no per-image work to share).
     """
-    if augment_on not in ("workers", "device"):
-        raise ValueError(f"augment_on={augment_on!r}: expected 'workers' or 'device'")
-    pipeline = "device" if augment_on == "device" else "fast"
-    if recipe.ten_crop or recipe.resize_mode != "square" or recipe.resize != recipe.image_size:
+    if pipeline not in CACHED_PIPELINES:
+        raise ValueError(f"pipeline={pipeline!r}: expected one of {CACHED_PIPELINES}")
+    eval_transform = ResizeNormalize(recipe.image_size, recipe.mean, recipe.std)
+    if recipe.ten_crop:
+        if pipeline != "device" or recipe.resize_mode != "shorter":
+            raise UserError(f"dataset.pipeline={pipeline}: supports square-resize recipes (standard), not "
+                            f"{recipe.name}; use dataset.pipeline=device or reference")
+        train_set, test_set = _ten_crop_sets(train_index, test_index, recipe)
+        log.info("%d train / %d test images, %d classes, recipe %s at %d px (10 crops), device pipeline "
+                 "(resized to %d px shorter side once, crops sliced in the workers)", len(train_index),
+                 len(test_index), len(train_index.class_names), recipe.name, recipe.image_size, recipe.resize)
+        return build_bundle(train_set=train_set, clean_train_set=train_set, test_set=test_set, eval_workers=0,
+                            num_crops=10, train_batch_transform=device_train_transform(recipe),
+                            eval_batch_transform=eval_transform, **common)
+    if recipe.resize_mode != "square" or recipe.resize != recipe.image_size:
         raise UserError(f"dataset.pipeline={pipeline}: supports square-resize recipes (standard), not {recipe.name}; "
                         "use dataset.pipeline=reference")
     size = min(recipe.resize, native_size(train_index))
@@ -386,9 +515,8 @@ def build_fast_bundle(
     log.info("%d train / %d test images, %d classes, recipe %s at %d px (1 crop), %s pipeline (decoded at %d px)",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
              pipeline, size)
-
     labels = list(train_index.labels)
-    on_device = augment_on == "device"
+    on_device = pipeline == "device"
     return build_bundle(
         train_set=CachedImageDataset(train_path, labels, None if on_device else SmallImageAugment(recipe, size)),
         clean_train_set=CachedImageDataset(train_path, labels),
@@ -396,12 +524,13 @@ def build_fast_bundle(
         eval_workers=0,
         train_batch_transform=device_train_transform(recipe) if on_device else ResizeNormalizeErase(
             recipe.image_size, recipe.mean, recipe.std, recipe.erasing_p, recipe.erasing_scale),
-        eval_batch_transform=ResizeNormalize(recipe.image_size, recipe.mean, recipe.std),
+        eval_batch_transform=eval_transform,
         **common,
     )
 
 
 __all__ = [
-    "AugmentResizeNormalizeErase", "CachedImageDataset", "device_train_transform", "ResizeNormalize",
-    "ResizeNormalizeErase", "SmallImageAugment", "build_cache", "build_fast_bundle", "cache_key",
+    "CACHED_PIPELINES", "CachedImageDataset", "ResizeAugmentNormalizeErase", "ResizeNormalize",
+    "ResizeNormalizeErase", "SmallImageAugment", "TenCropCachedDataset", "build_cache", "build_cached_bundle",
+    "cache_key", "device_train_transform", "ten_crop_windows",
 ]

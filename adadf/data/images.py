@@ -4,11 +4,14 @@ Readers (``raf``, ``affectnet``, ``sfew``, ``folder``) turn a dataset's native l
 :class:`ImageIndex` splits; :func:`build_image_bundle` checks them and builds the loaders with the
 chosen pipeline:
 
+- ``auto`` (the default): ``device`` when training on CUDA, else ``reference``
+  (:func:`resolve_pipeline`; :func:`adadf.app.build_data` resolves it with the training device);
 - ``reference``: per-image PIL decoding and torchvision/timm augmentation in DataLoader workers,
   exactly the spec's recipe (:mod:`adadf.data.transforms`);
-- ``fast``: :func:`adadf.data.fast.build_fast_bundle` (same arguments): a decoded image cache,
-  the heavy work on small images and on the training device;
-- ``device``: the same cache, with RandAugment and the flip also batched on the device.
+- ``device``: :func:`adadf.data.fast.build_cached_bundle`: a decoded image cache, the recipe in its
+  order (resize -> RandAugment -> flip -> normalise -> erase) batched on the training device;
+- ``small_first`` (old name ``fast``, still accepted): the same cache, RandAugment and flip in the
+  workers on the small stored image before the resize (deviations: :mod:`adadf.data.fast`).
 
 Validation depth (``verify_images``), all before the first training step:
 - every split must be non-empty and every label in range;
@@ -29,11 +32,12 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable
 
+import torch
 from torch.utils.data import Dataset
 
 from adadf.data.bundle import DataBundle, build_bundle, check_class_names
 from adadf.data.decode import UnreadableImage, check_decodes, load_rgb
-from adadf.data.fast import build_fast_bundle
+from adadf.data.fast import CACHED_PIPELINES, build_cached_bundle
 from adadf.data.index import ImageIndex
 from adadf.data.samplers import ClassBalancedSampler
 from adadf.data.transforms import eval_transform, make_recipe, train_transform
@@ -44,8 +48,24 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 AUTO_DECODE_LIMIT = 20_000  # verify_images=auto decodes every image of a split up to this size
 
+PIPELINE_ALIASES = {"fast": "small_first"}  # old name -> current name
+
 __all__ = ["UnreadableImage", "build_image_bundle", "check_split", "is_image_name", "list_dir", "load_rgb",
-           "resolve_root"]
+           "resolve_pipeline", "resolve_root"]
+
+
+def resolve_pipeline(pipeline: str, device: torch.device | str | None = None) -> str:
+    """The pipeline that runs for ``dataset.pipeline``: ``auto`` is ``device`` on a CUDA training
+    device and ``reference`` elsewhere (``device`` None: CUDA when available, the trainer's
+    ``auto``); old names map to current ones (``fast`` -> ``small_first``, with a warning)."""
+    if pipeline == "auto":
+        kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+        return "device" if kind == "cuda" else "reference"
+    if pipeline in PIPELINE_ALIASES:
+        log.warning("dataset.pipeline=%s is now called %s (RandAugment before the resize); running %s",
+                    pipeline, PIPELINE_ALIASES[pipeline], PIPELINE_ALIASES[pipeline])
+        return PIPELINE_ALIASES[pipeline]
+    return pipeline
 
 
 # ------------------------------------------------------------------------------------ small helpers
@@ -155,7 +175,8 @@ def build_image_bundle(
     noise_seed: int | None,
 ) -> DataBundle:
     """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here;
-    its builder passes on the options of its schema, :mod:`adadf.config.dataset`).
+    its builder passes on the options of its schema, :mod:`adadf.config.dataset`). The pipeline that
+    ran is recorded as ``DataBundle.pipeline`` (``auto`` resolved, :func:`resolve_pipeline`).
 
     ``recipe`` names the augmentation recipe, scaled to ``image_size`` (:func:`make_recipe`);
     ``balanced`` uses :class:`ClassBalancedSampler` for training; ``val_fraction`` holds out a
@@ -176,9 +197,11 @@ def build_image_bundle(
                   class_names=list(train_index.class_names), batch_size=batch_size, num_workers=num_workers,
                   loader_seed=loader_seed, val_fraction=val_fraction, label_noise=label_noise,
                   noise_seed=noise_seed, train_sampler=sampler)
-    if pipeline in ("fast", "device"):
-        return build_fast_bundle(train_index, test_index, recipe, augment_on=pipeline.replace("fast", "workers"),
-                                 **common)
+    pipeline = resolve_pipeline(pipeline)
+    if pipeline in CACHED_PIPELINES:
+        bundle = build_cached_bundle(train_index, test_index, recipe, pipeline=pipeline, **common)
+        bundle.pipeline = pipeline
+        return bundle
 
     log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
@@ -188,5 +211,6 @@ def build_image_bundle(
         test_set=ImageFileDataset(test_index, eval_transform(recipe)),
         clean_train_set=ImageFileDataset(train_index, eval_transform(recipe)),
         num_crops=recipe.num_crops,
+        pipeline="reference",
         **common,
     )

@@ -13,11 +13,28 @@ from tqdm import tqdm
 from adadf.data.bundle import BatchTransform
 from adadf.engine.interrupt import StopFlag
 from adadf.errors import UserError
-from adadf.methods.base import Method, Reducer
+from adadf.methods.base import Method, Outputs, Reducer
+
+
+# Called with each batch's (outputs, labels per row [N], number of images B) by a pass.
+BatchHook = Callable[[Outputs, torch.Tensor, int], None]
 
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or Inf: the run stops, the last good checkpoint stays."""
+
+
+FINITE_CHECK_EVERY = 32  # training steps between reads of the losses' finiteness (each read: one sync)
+
+
+def check_finite(losses: torch.Tensor, first_step: int, epoch: int) -> None:
+    """Raise :class:`NonFiniteLoss` naming the first batch of ``losses`` (the losses of batches
+    ``first_step``, ``first_step + 1``, ...) whose loss is NaN or Inf."""
+    finite = torch.isfinite(losses)
+    if bool(finite.all()):  # sync point, once per FINITE_CHECK_EVERY batches
+        return
+    i = int((~finite).nonzero()[0])
+    raise NonFiniteLoss(f"non-finite loss ({float(losses[i])}) at epoch {epoch}, batch {first_step + i}; stopping")
 
 
 @dataclass
@@ -72,6 +89,7 @@ def train_one_epoch(
     batch_transform: BatchTransform | None = None,
     observe: bool = False,
     reduce: Reducer | None = None,
+    on_batch: BatchHook | None = None,
 ) -> dict[str, float]:
     """One pass of training (spec section 3): one backward and one step per batch.
 
@@ -84,7 +102,10 @@ def train_one_epoch(
     model.train()
     sums: dict[str, torch.Tensor] = {}  # term -> sum over rows, float64 on the device
     last: dict[str, float] = {}
-    rows = images_seen = 0
+    rows = images_seen = step = 0
+    # The last FINITE_CHECK_EVERY losses, kept on the device and read in one go (no sync per step);
+    # a bad batch's update is made, but the epoch stops at the next read, before anything is saved.
+    window = torch.zeros(FINITE_CHECK_EVERY, dtype=torch.float64, device=ctx.device)
     start = time.perf_counter()
     for step, (images, labels) in enumerate(_batches(loader, ctx, f"train {epoch}"), start=1):
         x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
@@ -93,14 +114,15 @@ def train_one_epoch(
         # Losses upcast autocast's bf16/fp16 outputs to fp32 themselves; float64 stays float64.
         terms = method.loss(outputs, y, epoch, num_images)
         loss = terms["loss"]
-        if not torch.isfinite(loss):  # sync point, once per batch as in the reference
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {epoch}, batch {step}; stopping")
+        window[(step - 1) % FINITE_CHECK_EVERY] = loss.detach()  # checked below, every FINITE_CHECK_EVERY steps
         optimizer.zero_grad(set_to_none=True)
         ctx.scaler.scale(loss).backward()
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
         if observe:
             method.observe(outputs, y)
+        if on_batch is not None:  # per-sample scores (adadf.engine.samples), from this very pass
+            on_batch(outputs, y, num_images)
         with torch.no_grad():
             totals = {"correct": (outputs[1].argmax(1) == y).sum().double()}  # target-branch accuracy
             for key, value in terms.items():
@@ -112,6 +134,9 @@ def train_one_epoch(
                 sums[key] = sums[key] + total if key in sums else total
         rows += y.numel()
         images_seen += num_images
+        if step % FINITE_CHECK_EVERY == 0:
+            check_finite(window, step - FINITE_CHECK_EVERY + 1, epoch)
+    check_finite(window[:step % FINITE_CHECK_EVERY], step - step % FINITE_CHECK_EVERY + 1, epoch)
     seconds = time.perf_counter() - start
     keys = sorted(sums)
     totals = torch.stack([sums[k] for k in keys]) if keys else torch.zeros(0, dtype=torch.float64)
@@ -189,11 +214,15 @@ def observe_pass(
     ctx: StepContext,
     *,
     batch_transform: BatchTransform | None = None,
+    on_batch: BatchHook | None = None,
 ) -> None:
-    """Show every batch of ``loader`` to ``method.observe`` in eval mode (Ada-DF: spec section 2)."""
+    """Show every batch of ``loader`` to ``method.observe`` in eval mode (Ada-DF: spec section 2)
+    and to ``on_batch`` (per-sample scores)."""
     model.eval()
     for images, labels in _batches(loader, ctx, "class distributions"):
-        x, y, _, _ = prepare_batch(images, labels, ctx, batch_transform)
+        x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
         with ctx.autocast():
             outputs = model(x)
         method.observe(outputs, y)
+        if on_batch is not None:
+            on_batch(outputs, y, num_images)
