@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.adadf-installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench gpu-check clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: install
 
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)
+
+# One GPU, under 8 minutes: CUDA-only tests, throughput per pipeline (fp32, AMP bf16), a 2-epoch RAF-size run.
+# Anywhere, in a minute: make gpu-check ARGS="--quick --json out.json"
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -297,12 +297,14 @@ def measure_pipeline(cfg, pipeline: str, device, ctx, model, optimizer, method, 
     method.end_epoch()  # consume the statistics (the next pipeline starts clean)
     out["ld_pass_s_per_batch"] = m.wall_s / batches
     out["ld_pass_epoch_s"] = out["ld_pass_s_per_batch"] * len(loader)
+    out["ld_pass_images_per_s"] = batch / out["ld_pass_s_per_batch"]
 
     test_batches = min(batches, len(data.test_loader))
     with Meter(device) as m:
         evaluate(model, take(data.test_loader, test_batches), data.num_classes, ctx,
                  batch_transform=data.eval_batch_transform)
     out["eval_epoch_s"] = m.wall_s / test_batches * len(data.test_loader)
+    out["eval_images_per_s"] = len(data.test_loader.dataset) / out["eval_epoch_s"]
     out["epoch_s_est"] = (len(loader) * batch / out["e2e_images_per_s"] + out["ld_pass_epoch_s"]
                           + out["eval_epoch_s"])
     out["mem_note"] = m.mem_note

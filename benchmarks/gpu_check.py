@@ -1,0 +1,233 @@
+"""One-shot GPU check: everything adadf claims about a CUDA machine, measured in one command.
+
+    make gpu-check                                   # = python benchmarks/gpu_check.py (one GPU, < 8 min)
+    make gpu-check ARGS="--quick --json out.json"    # tiny sizes: runs anywhere, the CPU included (CI)
+
+Prints and writes (``--json``, default ``gpu_check.json``; a markdown row for
+``benchmarks/RESULTS.md`` beside it, ``.md``):
+
+1. the CUDA-only tests (``pytest -k cuda`` on the test files that skip without CUDA): passed /
+   failed / skipped;
+2. training throughput at 224 px, model only vs end to end, for every pipeline (``device``: what
+   ``dataset.pipeline=auto`` runs on CUDA; ``small_first``; ``reference``), in fp32 and in AMP
+   bf16 + channels_last; the class-distribution (LD) pass and evaluation images/s; peak memory
+   (CUDA ``max_memory_allocated``) -- ``benchmarks/throughput.py``'s measurements;
+3. a 2-epoch ``python run.py experiment=raf`` on a generated RAF-DB-size set (12,271 / 3,068 faces
+   at 100 px in RAF-DB's layout, random-init backbone, AMP bf16 + channels_last): each epoch's
+   time and the projected 75-epoch time (first epoch + 74 x the second);
+4. with 2+ GPUs, the same run for one epoch under ``torchrun --nproc_per_node=2``.
+
+``--quick``: 21 / 14 images at 32 px, 16 px recipe, batch 4, one timed batch, one thread: under a
+minute on a CPU; the figures then only show that every part runs. Models, optimizers and data are built by
+``adadf.app`` (through ``throughput.py`` and ``run.py``), as in training.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+import throughput  # noqa: E402
+
+log = logging.getLogger("gpu_check")
+
+FAST_OVERRIDES = ["trainer.amp=true", "trainer.amp_dtype=bfloat16", "trainer.channels_last=true"]
+PRECISIONS = {"fp32": [], "amp_bf16_channels_last": FAST_OVERRIDES}
+RAF_SIZE = (12271, 3068)  # RAF-DB basic: train / test
+EPOCHS_PAPER = 75
+
+
+def sizes(quick: bool) -> dict[str, Any]:
+    if quick:  # one thread: quick runs share CI machines, where spinning OpenMP threads cost the most
+        return dict(train=21, test=14, image_px=32, overrides=["dataset.image_size=16", "dataset.batch_size=4"],
+                    batches=1, input_batches=1, workers=0, threads=1)
+    return dict(train=RAF_SIZE[0], test=RAF_SIZE[1], image_px=100, overrides=[], batches=8, input_batches=24,
+                workers=min(16, os.cpu_count() or 1), threads=0)
+
+
+# -------------------------------------------------------------------------------------- the parts
+def cuda_tests() -> dict[str, Any]:
+    """``pytest -k cuda`` over the test files with CUDA-only tests (they skip without CUDA)."""
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+                   if "torch.cuda.is_available()" in p.read_text())
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "cuda", *files]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    counts = {k: 0 for k in ("passed", "failed", "skipped", "errors")}
+    summary = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
+    for number, word in re.findall(r"(\d+) (passed|failed|skipped|errors?)", summary):
+        counts["errors" if word.startswith("error") else word] = int(number)
+    failures = [line for line in proc.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return {"command": " ".join(["python", *command[1:]]), "returncode": proc.returncode, **counts,
+            "summary": summary, "failures": failures, "seconds": time.perf_counter() - start}
+
+
+def measure_throughput(root: Path, size: dict, precision: str, extra: list[str]) -> dict[str, Any]:
+    """``throughput.py`` for every pipeline at one precision (its own model, built by adadf.app)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "t.json"
+        args = ["--root", str(root), "--batches", str(size["batches"]), "--input-batches", str(size["input_batches"]),
+                "--workers", str(size["workers"]), "--pipelines", *throughput.PIPELINES, "--json", str(out),
+                "--", *size["overrides"], *PRECISIONS[precision], *extra]
+        throughput.main(args)
+        results = json.loads(out.read_text())
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return results
+
+
+def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 1) -> dict[str, Any]:
+    """``python run.py experiment=raf`` (or under torchrun) for ``epochs`` epochs; per-epoch times.
+    AMP bf16 + channels_last on CUDA; fp32 on the CPU (bf16 autocast is slow on most CPUs)."""
+    precision = FAST_OVERRIDES if torch.cuda.is_available() else []
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        overrides = ["experiment=raf", f"dataset.root={root}", "backbone.checkpoint=null", f"trainer.epochs={epochs}",
+                     f"dataset.num_workers={size['workers']}", "logger=none", "trainer.progress=false",
+                     f"hydra.run.dir={run_dir}", *size["overrides"], *precision, *extra]
+        env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if size["threads"] else {})}
+        launcher = [sys.executable, "run.py"] if nproc == 1 else [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "run.py"]
+        start = time.perf_counter()
+        proc = subprocess.run([*launcher, *overrides], cwd=ROOT, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - start
+        out: dict[str, Any] = {"command": " ".join(["python", *launcher[1:], *overrides]),
+                               "returncode": proc.returncode, "wall_s": wall, "processes": nproc,
+                               "precision": "amp_bf16_channels_last" if precision else "fp32"}
+        metrics = run_dir / "metrics.csv"
+        if proc.returncode != 0 or not metrics.is_file():
+            out["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            return out
+        rows = list(csv.DictReader(metrics.open()))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        log_text = (run_dir / "run.log").read_text() if (run_dir / "run.log").is_file() else ""
+    times = [float(r["epoch_time_s"]) for r in rows]
+    out.update(epochs=len(rows), epoch_time_s=times, train_images_per_s=[float(r["train_images_per_s"]) for r in rows],
+               ld_time_s=[float(r["ld_time_s"]) for r in rows if r.get("ld_time_s")],
+               test_acc=[float(r["test_acc"]) for r in rows], status=summary.get("status"),
+               pipeline=next(iter(re.findall(r"\), (\w+) pipeline", log_text)), None))
+    steady = times[-1]
+    out["projected_75_epochs_s"] = times[0] + (EPOCHS_PAPER - 1) * steady
+    return out
+
+
+# -------------------------------------------------------------------------------------- report
+def markdown_row(r: dict[str, Any]) -> str:
+    """One row for RESULTS.md's GPU check table (the default pipeline = what auto runs here)."""
+    m = r["machine"]
+    default = r["default_pipeline"]
+    fast = r["throughput"]["amp_bf16_channels_last"]["pipelines"][default]
+    fp32 = r["throughput"]["fp32"]["pipelines"][default]
+    tests = r["cuda_tests"]
+    raf = r["raf_run"]
+    ddp = r.get("torchrun") or {}
+    projected = raf.get("projected_75_epochs_s")
+    cells = [
+        r["date"], m.get("gpu", f"CPU: {m['cpu']}") + (" (--quick)" if r["quick"] else ""), m["torch"],
+        f"{tests['passed']}/{tests['failed']}/{tests['skipped']}", default,
+        f"{fp32['model_images_per_s']:.0f} / {fp32['e2e_images_per_s']:.0f} ({fp32['e2e_over_model']:.2f})",
+        f"{fast['model_images_per_s']:.0f} / {fast['e2e_images_per_s']:.0f} ({fast['e2e_over_model']:.2f})",
+        f"{fast['ld_pass_images_per_s']:.0f}", f"{fast['eval_images_per_s']:.0f}", f"{r['peak_memory_mb']:.0f}",
+        " / ".join(f"{t:.1f}" for t in raf.get("epoch_time_s", [])) or "failed",
+        f"{projected / 60:.1f}" if projected else "-",
+        (f"{ddp['epoch_time_s'][0]:.1f}" if ddp.get("epoch_time_s") else ddp.get("skipped", "failed")),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+MARKDOWN_HEADER = ("| date | device | torch | CUDA tests pass/fail/skip | default pipeline | fp32 model / e2e img/s "
+                   "(ratio) | bf16+CL model / e2e img/s (ratio) | LD pass img/s | eval img/s | peak MB | RAF epoch 1 / 2 s "
+                   "| 75 epochs (min, projected) | 2-GPU torchrun epoch s |\n|" + "---|" * 13)
+
+
+def report(r: dict[str, Any]) -> None:
+    print("\n=== GPU check ===")
+    m = r["machine"]
+    print(f"device: {m.get('gpu', 'no GPU')}; CPU {m['cpu']} ({m['cores']} cores); torch {m['torch']}; "
+          f"{'--quick (tiny sizes)' if r['quick'] else 'full sizes'}; total {r['total_s']:.0f} s")
+    t = r["cuda_tests"]
+    print(f"CUDA-only tests: {t['passed']} passed, {t['failed']} failed, {t['skipped']} skipped, {t['errors']} errors"
+          + "".join(f"\n  {f}" for f in t["failures"]))
+    print(f"{'precision':24s} {'pipeline':11s} {'model img/s':>11s} {'e2e img/s':>10s} {'e2e/model':>9s} "
+          f"{'LD img/s':>9s} {'eval img/s':>10s} {'peak MB':>8s}")
+    for precision, res in r["throughput"].items():
+        for name, p in res["pipelines"].items():
+            print(f"{precision:24s} {name:11s} {p['model_images_per_s']:11.1f} {p['e2e_images_per_s']:10.1f} "
+                  f"{p['e2e_over_model']:9.3f} {p['ld_pass_images_per_s']:9.1f} {p['eval_images_per_s']:10.1f} "
+                  f"{p['e2e_peak_mem_mb']:8.0f}")
+    raf = r["raf_run"]
+    if raf.get("epoch_time_s"):
+        print(f"experiment=raf, {r['sizes']['train']} / {r['sizes']['test']} images, {raf['precision']}, "
+              f"{raf['pipeline']} pipeline: epochs {', '.join(f'{x:.1f} s' for x in raf['epoch_time_s'])}; "
+              f"75 epochs projected {raf['projected_75_epochs_s'] / 60:.1f} min (wall {raf['wall_s']:.0f} s)")
+    else:
+        print(f"experiment=raf run failed: {raf.get('error')}")
+    ddp = r.get("torchrun") or {}
+    print("torchrun, 2 processes: " + (f"epoch {ddp['epoch_time_s'][0]:.1f} s" if ddp.get("epoch_time_s")
+                                       else str(ddp.get("skipped") or ddp.get("error"))))
+    print("\nRESULTS.md row:\n" + MARKDOWN_HEADER + "\n" + r["markdown_row"])
+
+
+# -------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: seconds on any machine (CI)")
+    parser.add_argument("--json", type=Path, default=Path("gpu_check.json"), help="figures (default gpu_check.json)")
+    parser.add_argument("--md", type=Path, default=None, help="the RESULTS.md row (default: --json with .md)")
+    parser.add_argument("--skip-tests", action="store_true", help="leave out the CUDA-only tests")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (after --) for every measurement")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    size = sizes(args.quick)
+    if size["threads"]:
+        torch.set_num_threads(size["threads"])
+    base = Path(os.environ.get("ADADF_CACHE_DIR") or Path.home() / ".cache" / "adadf") / "bench"
+    root = throughput.write_synthetic_raf(base / f"raf-synthetic-{size['train']}-{size['test']}-{size['image_px']}px",
+                                          size["train"], size["test"], size=size["image_px"])
+    cuda = torch.cuda.is_available()
+    results: dict[str, Any] = {
+        "date": dt.date.today().isoformat(), "quick": args.quick, "machine": throughput.machine(),
+        "gpus": torch.cuda.device_count() if cuda else 0, "sizes": {k: v for k, v in size.items()},
+        "dataset": str(root), "overrides": args.overrides,
+        "default_pipeline": "device" if cuda else "reference",  # what dataset.pipeline=auto runs here
+    }
+    results["cuda_tests"] = ({"skipped_by_flag": True, "passed": 0, "failed": 0, "skipped": 0, "errors": 0,
+                              "failures": [], "summary": "not run"} if args.skip_tests else cuda_tests())
+    results["throughput"] = {p: measure_throughput(root, size, p, args.overrides) for p in PRECISIONS}
+    results["peak_memory_mb"] = max(p["e2e_peak_mem_mb"] for res in results["throughput"].values()
+                                    for p in res["pipelines"].values())
+    results["peak_memory_note"] = next(iter(results["throughput"]["fp32"]["pipelines"].values()))["mem_note"]
+    results["raf_run"] = raf_run(root, size, 2, args.overrides)
+    if results["gpus"] >= 2:
+        results["torchrun"] = raf_run(root, size, 1, args.overrides, nproc=2)
+    else:
+        results["torchrun"] = {"skipped": f"{results['gpus']} GPU(s): needs 2+"}
+    results["total_s"] = time.perf_counter() - start
+    results["markdown_row"] = markdown_row(results)
+    report(results)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    md = args.md or args.json.with_suffix(".md")
+    md.write_text(MARKDOWN_HEADER + "\n" + results["markdown_row"] + "\n")
+    print(f"\nwrote {args.json} and {md}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
