@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from adadf.cli import job
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -304,6 +305,7 @@ def _absolute(path: str) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="align")
+@job
 def _main(cfg: DictConfig) -> None:
     align_command(cfg)
 
