@@ -97,7 +97,22 @@ def load_model(checkpoint: TrainedCheckpoint, num_classes: int, backbone: str | 
     """
     model = AdaDF(num_classes, backbone=backbone or checkpoint.backbone or "resnet18")
     load_weights(model, checkpoint.contents, checkpoint.path)  # the file is not read a second time
+    model.scale_logits = scaled_logits(checkpoint)
     return model.to(device).eval()
+
+
+def scaled_logits(checkpoint: TrainedCheckpoint) -> bool:
+    """Whether the method the checkpoint was trained with scales logits by the attention (Ada-DF
+    and original checkpoints: yes; ``method=ce``: no, a plain head), read from its method class."""
+    method = (checkpoint.config or {}).get("method")
+    target = method.get("_target_") if isinstance(method, Mapping) else None
+    if not target:
+        return True
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        return bool(getattr(getattr(importlib.import_module(module_name), name), "scaled_logits", True))
+    except (ImportError, AttributeError):
+        raise UserError(f"{checkpoint.path}: trained with method {target}, which cannot be imported here") from None
 
 
 def dataset_config(checkpoint: TrainedCheckpoint, node: DictConfig | None, command: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from adadf.config.fields import at_least, closed01, half_open01, one_of, open01, ranged
 from adadf.errors import UserError
@@ -42,6 +42,7 @@ class FusionConfig:
     fallback_mass: float = ranged(0.4, *closed01())  # off-diagonal mass of a fallback row
     detach_target: Optional[bool] = None  # None: auto (see adadf.methods.adadf.resolve_detach_target)
     ld_pass: LDPass = LDPass.augmented
+    update_class_dist: bool = True  # false: LD stays the initial matrix (ablation method=adadf_static_class_dist)
 
     def __post_init__(self) -> None:
         if self.min_weight > self.max_weight:
@@ -63,6 +64,9 @@ class TrainerConfig:
     resume: Optional[str] = None  # null | auto (this run dir's last.pt) | a checkpoint or run dir
     progress: bool = True  # tqdm progress bars on interactive terminals
     deterministic: bool = False  # torch.use_deterministic_algorithms
+    # The training images to re-check (docs/research.md): ranked by low attention or high label loss.
+    suspects_by: str = ranged("aux_loss", *one_of("attention", "aux_loss"))
+    suspects: int = ranged(36, *at_least(0))  # how many (0: none)
 
 
 @dataclass
@@ -85,6 +89,17 @@ class AdaDFMethodConfig(MethodConfig):
 
     _target_: str = "adadf.methods.adadf.AdaDFMethod"
     params: Any = "${fusion}"
+    # fusion.* keys an ablation fixes whatever fusion.* says (conf/method/adadf_*.yaml), e.g. {margin: 0}
+    fixed: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CEMethodConfig(MethodConfig):
+    """Cross-entropy baseline on the target branch (plain classifier head, no attention scaling)."""
+
+    _target_: str = "adadf.methods.ce.CEMethod"
+    label_smoothing: float = ranged("${fusion.label_smoothing}", *half_open01())
+    params: Any = "${fusion}"  # read only to refuse Ada-DF switches that CE has no part for
 
 
 def _positive(x: float) -> bool:
@@ -164,7 +179,7 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "fusion": {"default": FusionConfig},
     "trainer": {"default": TrainerConfig},
     "backbone": {"resnet": BackboneConfig},
-    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig},
+    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig, "ce": CEMethodConfig},
     "optimizer": {"adam": OptimizerConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
     "scheduler": {"exponential": ExponentialConfig, "cosine": CosineConfig, "none": ConstantConfig},
     "logger": {"wandb": WandbLoggerConfig, "none": NullLoggerConfig},

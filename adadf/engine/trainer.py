@@ -16,6 +16,7 @@ from adadf.data.bundle import DataBundle
 from adadf.engine.checkpoint import rng_state, save_atomic, set_rng_state
 from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap, unwrap_ddp
 from adadf.engine.loop import StepContext, evaluate, observe_pass, train_one_epoch
+from adadf.engine.samples import SampleDetector
 from adadf.methods.base import Method, Reducer
 from adadf.tracking import Logger, RunFiles
 
@@ -49,6 +50,9 @@ class Progress:
             "status": status,
             "wall_time_s": wall_time_s,
         }
+        for key in ("noise_auroc", "noise_auroc_aux_loss"):  # label noise: the detectors, last epoch
+            if key in last:
+                summary[key] = last[key]
         if "val_acc" in last:  # honest protocol: test accuracy at the best-validation epoch
             best_val = max(self.history, key=lambda r: r["val_acc"])
             summary.update(best_val_acc=best_val["val_acc"], best_val_epoch=best_val["epoch"],
@@ -86,6 +90,8 @@ class Trainer:
     is_main: bool = True
     reduce: Reducer | None = None
     progress: Progress = field(default_factory=Progress)
+    suspects_by: str = "aux_loss"  # per-sample score that ranks the images to re-check (engine/samples.py)
+    suspects: int = 36
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -128,6 +134,11 @@ class Trainer:
         # No-grad passes run on the module inside DDP: no hooks, no collectives, so ranks may see
         # shards of different lengths (evaluation); their results are summed with ``reduce``.
         inner = unwrap_ddp(self.model)
+        samples = SampleDetector(data, method, ctx.device, self.files.run_dir, self.logger, self.is_main,
+                                 self.suspects_by, self.suspects)
+        samples.begin_run()
+        # Per-sample scores come from the method's own pass: its class-distribution pass, else training.
+        in_training = method.observes not in (LDPass.augmented, LDPass.clean)
         for epoch in range(self.progress.epoch + 1, self.epochs + 1):
             start = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
@@ -137,20 +148,24 @@ class Trainer:
                 self.model, data.train_loader, self.optimizer, method, epoch, ctx,
                 batch_transform=data.train_batch_transform,
                 observe=method.observes == LDPass.online, reduce=self.reduce,
+                on_batch=samples.training_pass() if in_training else None,
             )
             broadcast_buffers(inner)  # DDP: every rank evaluates rank 0's BatchNorm statistics
             ld_start = time.perf_counter()
             if method.observes == LDPass.augmented:  # Ada-DF's reference: the training loader as is
                 _reseed(data.train_loader, self.seed, epoch, 1)
-                observe_pass(inner, data.train_loader, method, ctx, batch_transform=data.train_batch_transform)
+                observe_pass(inner, data.train_loader, method, ctx, batch_transform=data.train_batch_transform,
+                             on_batch=samples.training_pass())
             elif method.observes == LDPass.clean:
-                observe_pass(inner, data.clean_train_loader, method, ctx, batch_transform=data.eval_batch_transform)
+                observe_pass(inner, data.clean_train_loader, method, ctx, batch_transform=data.eval_batch_transform,
+                             on_batch=samples.clean_pass())
             method.end_epoch(self.reduce)
             if self.reduce is not None:  # DDP guard: every rank must have learnt the same state
                 for key, value in method.state_dict().items():
                     if isinstance(value, torch.Tensor):
                         check_same_across_ranks(value.to(self.ctx.device), f"the method's {key}")
             row["ld_time_s"] = time.perf_counter() - ld_start
+            row |= samples.end_epoch(epoch, self.reduce)  # train_attention.csv, pictures, noise AUROCs
             self.scheduler.step()
 
             if data.val_loader is not None:
@@ -179,4 +194,5 @@ class Trainer:
                 epoch, self.epochs, row["train_loss"], row["train_acc"], test.acc, p.best_acc,
                 p.best_epoch, row["epoch_time_s"], row["train_images_per_s"],
             )
+        samples.end_run()  # the images to re-check, from the last epoch's scores
         return self.progress

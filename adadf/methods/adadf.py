@@ -26,6 +26,20 @@ def resolve_detach_target(params: FusionConfig, pretrained: bool) -> FusionConfi
     return dataclasses.replace(params, detach_target=not pretrained)
 
 
+def apply_fixed(params: FusionConfig, fixed: dict) -> FusionConfig:
+    """``params`` with the keys an ablation fixes (``method.fixed``). A ``fusion.<key>`` the user
+    set to another value than its default and the ablation's is refused: the run would not be the
+    ablation its name says."""
+    defaults = FusionConfig()
+    for key, value in fixed.items():
+        if not hasattr(defaults, key):
+            raise UserError(f"method.fixed.{key}: not a fusion key")
+        given = getattr(params, key)
+        if given != getattr(defaults, key) and given != value:
+            raise UserError(f"fusion.{key}={given}: this Ada-DF ablation fixes fusion.{key}={value}")
+    return dataclasses.replace(params, **fixed)
+
+
 class AdaDFMethod(Method):
     """Fusion hyper-parameters plus the C x C class-distribution matrix LD.
 
@@ -34,13 +48,17 @@ class AdaDFMethod(Method):
     model, so checkpoints can save and restore it exactly (``state_dict``).
     """
 
-    def __init__(self, params: FusionConfig, num_classes: int, pretrained: bool = False) -> None:
+    def __init__(self, params: FusionConfig, num_classes: int, pretrained: bool = False,
+                 fixed: dict | None = None) -> None:
         super().__init__(num_classes, pretrained)
+        self.fixed = dict(fixed or {})
+        params = apply_fixed(params, self.fixed)
         self.params = resolve_detach_target(params, pretrained)
         if params.detach_target is None:
             log.info("fusion.detach_target=auto -> %s: %s", self.params.detach_target,
                      "backbone.checkpoint given" if pretrained else "no backbone.checkpoint, training from scratch")
-        self.observes = self.params.ld_pass
+        # A static LD needs no statistics, so no pass.
+        self.observes = self.params.ld_pass if self.params.update_class_dist else None
         self.class_dist = fusion.initial_class_distributions(num_classes, self.params.threshold)
         self._reset_statistics()
 
@@ -72,6 +90,8 @@ class AdaDFMethod(Method):
 
     def end_epoch(self, reduce: Reducer | None = None) -> None:
         """Replace LD by the distributions of the accumulated statistics."""
+        if not self.params.update_class_dist:
+            return
         if self._prob_sums is None:
             device = self.class_dist.device
             self._prob_sums = torch.zeros(self.num_classes, self.num_classes, device=device)
@@ -85,8 +105,11 @@ class AdaDFMethod(Method):
         ).to(self.class_dist.device, torch.float32)
         self._reset_statistics()
 
+    def class_distributions(self) -> Tensor:
+        return self.class_dist
+
     def config_updates(self) -> dict:
-        return {"fusion": {"detach_target": self.params.detach_target}}
+        return {"fusion": {**self.fixed, "detach_target": self.params.detach_target}}
 
     def start_from(self, imported: dict) -> None:
         if imported.get("class_dist") is not None:

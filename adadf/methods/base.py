@@ -25,6 +25,14 @@ class Method:
     # Which data ``observe`` sees each epoch: None (nothing), ``online`` (the training batches),
     # ``augmented`` (an eval-mode pass over the training loader) or ``clean`` (test transform).
     observes: LDPass | None = None
+    # The network's logits: attention-scaled a * fc(f) (Ada-DF) or plain fc(f) (a plain head).
+    scaled_logits: bool = True
+    # Which of the outputs' logits (0 auxiliary, 1 target) the method trains on the given labels:
+    # its per-sample loss is the small-loss noise score of train_attention.csv (``aux_loss``).
+    label_branch: int = 0
+    # Prefixes of the model's parameters the method trains (None: every trainable one). The rest is
+    # frozen before the optimizer and DDP are built, so neither waits for gradients that never come.
+    trained_modules: tuple[str, ...] | None = None
 
     def __init__(self, num_classes: int, pretrained: bool = False) -> None:
         self.num_classes = num_classes
@@ -44,6 +52,10 @@ class Method:
 
     def end_epoch(self, reduce: Reducer | None = None) -> None:
         """After the epoch's pass: update what the method learns between epochs."""
+
+    def class_distributions(self) -> Tensor | None:
+        """The C x C class-distribution matrix the method uses, if it has one (pictured per epoch)."""
+        return None
 
     def config_updates(self) -> dict:
         """Values the method resolved at run time, merged into the recorded config (W&B, checkpoints)."""

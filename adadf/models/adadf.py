@@ -102,6 +102,10 @@ class AdaDF(nn.Module):
         self.target_attention = nn.Linear(self.num_features, 1)
         # Method state found in a loaded checkpoint (class distributions), not part of the weights.
         self.imported_state: dict[str, torch.Tensor | None] = {}
+        # z_k = a_k * fc_k(f_k) (Ada-DF); False gives plain z_k = fc_k(f_k), the attention still
+        # computed, for methods with a plain classifier head (method=ce). Not a weight: set by the
+        # method (adadf.app.build) and by adadf.inference from the checkpoint's config.
+        self.scale_logits = True
 
     @property
     def branches(self) -> tuple[Branch, Branch]:
@@ -117,8 +121,10 @@ class AdaDF(nn.Module):
         f2 = self.target_branch.forward_features(f0)  # [N, F]
         a1 = torch.sigmoid(self.aux_attention(f1))  # [N, 1]
         a2 = torch.sigmoid(self.target_attention(f2))  # [N, 1]
-        z1 = a1 * self.aux_branch.fc(f1)  # attention-scaled logits [N, C]
-        z2 = a2 * self.target_branch.fc(f2)
+        z1 = self.aux_branch.fc(f1)  # [N, C]
+        z2 = self.target_branch.fc(f2)
+        if self.scale_logits:  # attention-scaled logits
+            z1, z2 = a1 * z1, a2 * z2
         attention = ((a1 + a2) / 2).squeeze(1)  # [N]
         return z1, z2, attention
 

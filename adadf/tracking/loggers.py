@@ -30,6 +30,12 @@ class Logger:
     def log_file(self, path: Path, name: str, kind: str) -> None:
         """An artifact such as a checkpoint."""
 
+    def log_image(self, name: str, path: Path, epoch: int | None = None) -> None:
+        """A picture (PNG already written into the run dir); ``epoch`` places it on the epoch axis."""
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """A table; cells may be images ([H, W, 3] uint8 arrays)."""
+
     def finish(self, exit_code: int = 0) -> None:
         """Close the run; always called, also after an error."""
 
@@ -133,6 +139,26 @@ class WandbLogger(Logger):
         artifact = wandb.Artifact(name, type=kind)
         artifact.add_file(str(path))
         self._run.log_artifact(artifact)
+
+    def log_image(self, name: str, path: Path, epoch: int | None = None) -> None:
+        if self._run is None:
+            return
+        import wandb
+
+        self._run.log({name: wandb.Image(str(path)), **({"epoch": epoch} if epoch is not None else {})})
+
+    def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        if self._run is None:
+            return
+        import numpy as np
+        import wandb
+
+        def cell(value: Any) -> Any:
+            if isinstance(value, np.ndarray) and value.ndim == 3:
+                return wandb.Image(value)
+            return value.item() if isinstance(value, np.generic) else value
+
+        self._run.log({name: wandb.Table(columns=list(columns), data=[[cell(v) for v in row] for row in rows])})
 
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:

@@ -4,6 +4,8 @@
   ``sweep_summary.csv`` (one row per job) and ``sweep_summary_by_setting.csv`` (jobs that differ
   only by seed, as mean and std) into the sweep dir, prints the table, and exits non-zero if any
   job failed.
+- It also draws ``sweep_accuracy.png`` (accuracy per setting, ± std) and ``sweep_curves.png``
+  (mean ± std test accuracy per epoch per setting).
 - ``python -m adadf.tracking.sweep <sweep dir>`` rebuilds both files and the table for any sweep dir
   (for example while it runs, or after a SLURM sweep was cancelled).
 """
@@ -34,7 +36,11 @@ METRICS = {
     "test_acc_at_best_val": "test acc @ best val [honest]",
     "final_acc": "final test acc",
     "best_mean_class_acc": "best mean-class acc",
+    "noise_auroc": "noise AUROC: attention",  # with dataset.label_noise (adadf/engine/samples.py)
+    "noise_auroc_aux_loss": "noise AUROC: aux loss",
 }
+ACCURACY_PNG = "sweep_accuracy.png"
+CURVES_PNG = "sweep_curves.png"
 LEGEND = (
     "[ref]    the reference's figure: the highest test accuracy over all epochs (the epoch is\n"
     "         picked on the test set, so it is optimistic)\n"
@@ -183,10 +189,55 @@ def summarize_sweep(sweep_dir: str | Path, seed_keys: Sequence[str] = SEED_KEYS,
     settings = setting_table(jobs)
     write_text_atomic(sweep_dir / JOB_CSV, jobs.to_csv(index=False))
     write_text_atomic(sweep_dir / SETTING_CSV, settings.to_csv(index=False))
+    write_plots(sweep_dir, jobs, settings)
     if echo:  # the command's output (the table), not a log message
         sys.stdout.write(format_table(sweep_dir, jobs, settings) + "\n")
         sys.stdout.flush()
     return jobs
+
+
+def learning_curves(sweep_dir: Path, jobs, column: str = "test_acc") -> dict[str, tuple]:
+    """Per setting: (epochs, mean, std) of ``column`` over its completed jobs' metrics.csv (epochs
+    that every one of them reached)."""
+    import numpy as np
+    import pandas as pd
+
+    curves = {}
+    for setting, group in jobs[jobs["status"] == "completed"].groupby("setting", sort=False):
+        series = []
+        for job in group["job"]:
+            try:
+                frame = pd.read_csv(RunFiles(sweep_dir / str(job)).metrics)
+            except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+                continue
+            if column in frame and "epoch" in frame:
+                series.append(frame.set_index("epoch")[column])
+        if series:
+            table = pd.concat(series, axis=1).dropna()
+            if not table.empty:
+                values = table.to_numpy(dtype=float)
+                std = values.std(axis=1, ddof=1) if values.shape[1] > 1 else np.zeros(len(values))
+                curves[_short_numbers(str(setting))] = (table.index.to_numpy(), values.mean(axis=1), std)
+    return curves
+
+
+def write_plots(sweep_dir: Path, jobs, settings) -> list[Path]:
+    """``sweep_accuracy.png`` (best test accuracy per setting, mean ± std) and ``sweep_curves.png``
+    (test accuracy per epoch, mean ± std band per setting) into the sweep dir."""
+    from adadf.tracking import plots
+
+    written = []
+    done = settings[settings["completed"] > 0] if "completed" in settings else settings
+    if "best_acc_mean" in done and len(done):
+        written.append(plots.accuracy_bars(
+            [_short_numbers(s) for s in done["setting"]], done["best_acc_mean"].tolist(),
+            done["best_acc_std"].tolist(), sweep_dir / ACCURACY_PNG,
+            title="best test accuracy per setting (mean ± std over seeds)"))
+    curves = learning_curves(sweep_dir, jobs)
+    if curves:
+        written.append(plots.learning_curves(curves, sweep_dir / CURVES_PNG,
+                                             title="test accuracy per epoch (mean ± std over seeds)"))
+    return written
 
 
 class SweepSummary(Callback):

@@ -1,0 +1,223 @@
+"""The attention as a noise and ambiguity detector: per training image, its attention and the loss
+of the branch trained on the labels, from a pass the method runs anyway (no extra pass).
+
+- Where the scores come from: Ada-DF's class-distribution pass (``fusion.ld_pass=augmented``: the
+  training loader as is, eval mode; ``clean``: every image once with the test transform), else
+  the training batches themselves (``online``, ``method=ce``: train mode, before the step). Batch
+  ``k`` of a training-loader pass holds samples ``data.train_order()[k*B:(k+1)*B]``; under DDP each
+  rank fills its shard and the arrays are summed across ranks.
+- Each epoch (rank 0): ``train_attention.csv`` (index, path, label, attention, aux_loss,
+  prediction; with label noise also flipped, clean_label), ``noise_auroc`` (low attention finds the
+  flipped labels, AUROC %) and ``noise_auroc_aux_loss`` (high loss finds them) for metrics.csv and
+  W&B, and the pictures: class-distribution heatmap and attention histogram.
+- After the last epoch: the images most likely mislabelled or ambiguous (ranked by
+  ``trainer.suspects_by``) as a PNG grid and a W&B table.
+
+A sample the pass did not deliver this epoch (a dropped last partial batch) has empty scores.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from adadf.data.bundle import DataBundle
+from adadf.methods.base import Method, Outputs, Reducer
+from adadf.metrics import auroc
+from adadf.tracking import Logger
+from adadf.tracking.files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+ATTENTION_CSV = "train_attention.csv"
+FLIPPED_CSV = "flipped_labels.csv"
+SUSPECTS_CSV = "suspects.csv"
+PLOTS_DIR = "plots"
+SCORES = ("attention", "aux_loss")  # trainer.suspects_by
+
+
+@dataclass
+class SampleScores:
+    """Per training sample (index = dataset index), NaN / -1 where the pass did not deliver it."""
+
+    attention: np.ndarray  # [N] float64
+    aux_loss: np.ndarray  # [N] float64: cross-entropy of the label-trained branch on the given label
+    prediction: np.ndarray  # [N] int64: the target branch's class (-1: not seen)
+
+    def suspicion(self, by: str) -> np.ndarray:
+        """Higher = more likely mislabelled or ambiguous: low attention or high loss."""
+        return -self.attention if by == "attention" else self.aux_loss
+
+
+def noise_aurocs(scores: SampleScores, flipped: np.ndarray) -> dict[str, float]:
+    """AUROC (%) of low attention and of high label loss for finding the flipped labels."""
+    return {"noise_auroc": auroc(scores.suspicion("attention"), flipped),
+            "noise_auroc_aux_loss": auroc(scores.suspicion("aux_loss"), flipped)}
+
+
+class SampleRecorder:
+    """Fills per-sample arrays from the batches of one pass (``on_batch`` of the loop functions)."""
+
+    def __init__(self, num_samples: int, method: Method, device: torch.device) -> None:
+        self.num_samples = num_samples
+        self.method = method
+        self.device = device
+        self._order: Callable[[], Sequence[int]] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        # rows: attention, aux_loss, prediction + 1, seen (0/1); float64 so one all-reduce sums all.
+        self.values = torch.zeros(4, self.num_samples, dtype=torch.float64, device=self.device)
+        self._index: torch.Tensor | None = None
+        self._position = 0
+
+    def start(self, order: Callable[[], Sequence[int]]) -> SampleRecorder:
+        """A pass begins; ``order()`` (asked at its first batch, once the sampler has drawn) gives
+        the sample index of each delivered image in order."""
+        self._order, self._index, self._position = order, None, 0
+        return self
+
+    @torch.no_grad()
+    def __call__(self, outputs: Outputs, labels: torch.Tensor, num_images: int) -> None:
+        if self._index is None:
+            self._index = torch.as_tensor(list(self._order()), dtype=torch.long).to(self.device)
+        index = self._index[self._position:self._position + num_images]  # [B]
+        self._position += num_images
+        logits = outputs[self.method.label_branch].detach().float()  # [N, C], N = B * crops
+        loss = F.cross_entropy(logits, labels, reduction="none").view(num_images, -1).mean(1)  # [B]
+        attention = outputs[2].detach().float().reshape(num_images, -1).mean(1)  # [B]
+        target = outputs[1].detach().float()
+        prediction = target.view(num_images, -1, target.shape[1]).mean(1).argmax(1)  # [B]
+        rows = torch.stack([attention, loss, prediction.float() + 1, torch.ones_like(loss)]).double()
+        self.values.index_copy_(1, index, rows)
+
+    def finish(self, reduce: Reducer | None = None) -> SampleScores:
+        values = reduce(self.values) if reduce is not None else self.values
+        values = values.cpu().numpy()
+        seen = values[3] > 0
+        scores = SampleScores(
+            attention=np.where(seen, values[0], np.nan),
+            aux_loss=np.where(seen, values[1], np.nan),
+            prediction=np.where(seen, values[2] - 1, -1).astype(np.int64),
+        )
+        self.reset()
+        return scores
+
+
+def sequential_order(loader: Any) -> Callable[[], list[int]]:
+    """The sample order of a non-shuffling loader (the clean pass; a rank's shard under DDP)."""
+    return lambda: list(iter(loader.sampler))
+
+
+class SampleDetector:
+    """Owns the recorder, the per-epoch files and pictures, and the end-of-run suspects."""
+
+    def __init__(self, data: DataBundle, method: Method, device: torch.device, run_dir: Path, logger: Logger,
+                 is_main: bool = True, suspects_by: str = "aux_loss", suspects: int = 36) -> None:
+        self.data, self.method, self.logger, self.is_main = data, method, logger, is_main
+        self.run_dir = Path(run_dir)
+        self.suspects_by, self.suspects = suspects_by, suspects
+        self.recorder = SampleRecorder(len(data.train_labels), method, device)
+        self.scores: SampleScores | None = None
+        flipped = np.zeros(len(data.train_labels), dtype=bool)
+        for item in data.flipped():
+            flipped[item.index] = True
+        self.flipped = flipped if data.clean_train_labels is not None else None
+
+    # -- passes --------------------------------------------------------------------------
+    def training_pass(self) -> SampleRecorder:
+        return self.recorder.start(self.data.train_order)
+
+    def clean_pass(self) -> SampleRecorder:
+        return self.recorder.start(sequential_order(self.data.clean_train_loader))
+
+    # -- files ---------------------------------------------------------------------------
+    def begin_run(self) -> None:
+        """The flipped-label list (label noise only), written once and logged."""
+        if not self.is_main or self.flipped is None:
+            return
+        import pandas as pd
+
+        flipped = self.data.flipped()
+        path = self.run_dir / FLIPPED_CSV
+        frame = pd.DataFrame(flipped, columns=["index", "path", "clean", "noisy"])
+        write_text_atomic(path, frame.to_csv(index=False))
+        self.logger.log_file(path, "flipped-labels", "dataset")
+        log.info("label noise: %d of %d training labels flipped (%s)", len(flipped), len(self.flipped), path)
+
+    def table(self, scores: SampleScores):
+        import pandas as pd
+
+        data = self.data
+        frame = pd.DataFrame({"index": np.arange(len(data.train_labels)), "path": data.train_paths,
+                              "label": data.train_labels, "attention": scores.attention,
+                              "aux_loss": scores.aux_loss, "prediction": scores.prediction})
+        if self.flipped is not None:
+            frame["flipped"] = self.flipped
+            frame["clean_label"] = data.clean_train_labels
+        return frame
+
+    def end_epoch(self, epoch: int, reduce: Reducer | None = None) -> dict[str, float]:
+        """Collect this epoch's scores (every rank), write them (rank 0); the metrics for the row."""
+        scores = self.scores = self.recorder.finish(reduce)
+        metrics = noise_aurocs(scores, self.flipped) if self.flipped is not None else {}
+        if not self.is_main:
+            return metrics
+        from adadf.tracking import plots
+
+        write_text_atomic(self.run_dir / ATTENTION_CSV, self.table(scores).to_csv(index=False))
+        pictures = self.run_dir / PLOTS_DIR
+        path = plots.attention_histogram(scores.attention, self.flipped, pictures / f"attention_e{epoch:03d}.png",
+                                         title=f"attention, epoch {epoch}")
+        self.logger.log_image("attention_histogram", path, epoch)
+        matrix = self.method.class_distributions()
+        if matrix is not None:
+            path = plots.class_distribution_heatmap(matrix.detach().cpu().numpy(), self.data.class_names,
+                                                    pictures / f"class_dist_e{epoch:03d}.png",
+                                                    title=f"class distributions after epoch {epoch}")
+            self.logger.log_image("class_distributions", path, epoch)
+        return metrics
+
+    def end_run(self) -> None:
+        """The images a person should re-check: a PNG grid and a W&B table (rank 0)."""
+        if not self.is_main or self.scores is None or self.suspects == 0:
+            return
+        from adadf.tracking import plots
+
+        frame = self.table(self.scores)
+        frame["suspicion"] = self.scores.suspicion(self.suspects_by)
+        top = frame.dropna(subset=["suspicion"]).sort_values("suspicion", ascending=False, kind="stable")
+        top = top.head(self.suspects)
+        write_text_atomic(self.run_dir / SUSPECTS_CSV, top.to_csv(index=False))
+        names = self.data.class_names
+        images = [display_image(self.data, int(i)) for i in top["index"]]
+        captions = [f"#{i} label {names[lab]}\npred {names[p] if p >= 0 else '?'}"
+                    + (f" (clean {names[c]})" if self.flipped is not None and f else "")
+                    for i, lab, p, f, c in zip(top["index"], top["label"], top["prediction"],
+                                               top.get("flipped", [False] * len(top)),
+                                               top.get("clean_label", top["label"]))]
+        path = plots.image_grid(images, captions, self.run_dir / PLOTS_DIR / "suspects.png",
+                                title=f"most likely mislabelled or ambiguous (by {self.suspects_by})")
+        self.logger.log_image("suspects", path)
+        columns = ["image", *[c for c in top.columns if c != "suspicion"], "suspicion"]
+        rows = [[image, *[row[c] for c in columns[1:]]] for image, (_, row) in zip(images, top.iterrows())]
+        self.logger.log_table("suspects", columns, rows)
+        log.info("%d suspects (by %s): %s", len(top), self.suspects_by, path)
+
+
+def display_image(data: DataBundle, index: int) -> np.ndarray:
+    """Training image ``index`` as it is evaluated, [H, W, 3] uint8 (the centre crop of ten-crop data)."""
+    image = data.clean_train_loader.dataset[index][0]
+    image = torch.as_tensor(image)
+    if image.dim() == 4:  # [K, 3, H, W]: TenCrop's fifth crop is the centre
+        image = image[min(4, image.shape[0] - 1)]
+    if image.dtype != torch.uint8:  # normalised with the ImageNet statistics
+        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        image = ((image.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
+    return image.permute(1, 2, 0).numpy()

@@ -1,0 +1,108 @@
+"""method=ce, the cross-entropy baseline, through every command: train, resume, evaluate, predict,
+a sweep next to Ada-DF, and torchrun (DDP)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from adadf import inference
+from adadf.engine.checkpoint import load_checkpoint
+from adadf.evaluate import evaluate_checkpoint
+from adadf.models import AdaDF
+from adadf.predict import predict_command
+from conftest import FAST, ROOT, cli_env
+from test_eval_predict import compose_command
+from test_plots import assert_png
+from test_resume import assert_same_training_state, train_here
+
+CE = ["method=ce", "dataset.label_noise=0.25"]
+
+
+@pytest.fixture(scope="module")
+def ce_run(tmp_path_factory, cache_dir) -> Path:
+    out = tmp_path_factory.mktemp("ce")
+    summary = train_here(out, cache_dir, *CE, "trainer.epochs=2")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    return out
+
+
+def test_ce_trains_only_the_target_branch_with_a_plain_head(ce_run: Path):
+    metrics = pd.read_csv(ce_run / "metrics.csv")
+    assert {"train_loss", "train_ce"} <= set(metrics.columns)
+    assert not {"train_kl", "train_rr", "w_ce"} & set(metrics.columns)
+    assert (metrics["train_loss"] == metrics["train_ce"]).all()
+    state = load_checkpoint(ce_run / "checkpoints" / "last.pt")
+    assert state["config"]["method"]["_target_"] == "adadf.methods.ce.CEMethod"
+    assert state["method"] == {}
+    # Only the target branch is trained: the optimizer holds its parameters and nothing else (the
+    # auxiliary branch and the attention heads are frozen, so DDP does not wait for their gradients).
+    model = AdaDF(7)
+    (group,) = state["optimizer"]["param_groups"]
+    assert len(group["params"]) == len(list(model.target_branch.parameters())) == len(state["optimizer"]["state"])
+
+
+def test_ce_resume_is_exact(ce_run: Path, tmp_path: Path, cache_dir: Path):
+    run = tmp_path / "resumed"
+    train_here(run, cache_dir, *CE, "trainer.epochs=1")
+    resumed = train_here(run, cache_dir, *CE, "trainer.epochs=2", "trainer.resume=auto")
+    assert resumed["epochs_completed"] == 2
+    assert_same_training_state(ce_run / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
+
+
+def test_ce_checkpoint_evaluates_and_predicts_with_its_plain_head(ce_run: Path, tmp_path: Path):
+    checkpoint = ce_run / "checkpoints" / "last.pt"
+    trained = inference.read_checkpoint(checkpoint)
+    model = inference.load_model(trained, 7)
+    assert model.scale_logits is False
+    cfg = compose_command("eval", [f"checkpoint={checkpoint}", "device=cpu", "progress=false", "logger=none"])
+    result = evaluate_checkpoint(cfg, tmp_path / "eval")
+    assert result["acc"] == pytest.approx(json.loads((ce_run / "summary.json").read_text())["final_acc"], abs=1e-9)
+
+    # predict: the probabilities are the softmax of the plain target logits fc(f), not a * fc(f).
+    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(image.numpy()).save(tmp_path / "face.png")
+    predict_command(compose_command("predict", [f"checkpoint={checkpoint}", f"input={tmp_path / 'face.png'}",
+                                                "device=cpu"]), tmp_path / "predict")
+    frame = pd.read_csv(tmp_path / "predict" / "predictions.csv")
+    probs = torch.tensor(frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy(), dtype=torch.float32)
+    x = inference.image_transform(trained.dataset_config)(Image.open(tmp_path / "face.png").convert("RGB"))[None]
+    with torch.no_grad():
+        features = model.target_branch.forward_features(model.forward_features(x))
+        plain = model.target_branch.fc(features)
+        scaled = torch.sigmoid(model.target_attention(features)) * plain
+    torch.testing.assert_close(probs, F.softmax(plain, 1), rtol=0, atol=1e-6)
+    assert not torch.allclose(probs, F.softmax(scaled, 1), atol=1e-4)
+
+
+def test_ce_and_adadf_in_one_sweep(run_cli, tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *FAST, "method=ce,adadf", "dataset.label_noise=0.2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = pd.read_csv(sweep / "sweep_summary.csv")
+    assert sorted(jobs["method"]) == ["adadf", "ce"] and (jobs["status"] == "completed").all()
+    assert {"noise_auroc", "noise_auroc_aux_loss"} <= set(jobs.columns)
+    assert "noise AUROC: attention" in proc.stdout
+    assert_png(sweep / "sweep_accuracy.png")
+    assert_png(sweep / "sweep_curves.png")
+
+
+def test_ce_under_torchrun(tmp_path: Path, cache_dir: Path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "run.py"), *FAST, *CE, f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and "noise_auroc" in summary
+    # Each rank scored its shard in its training batches: 2 ranks x 4 batches x 16 images,
+    # gathered into one file on rank 0.
+    scores = pd.read_csv(out / "train_attention.csv")
+    assert len(scores) == 140 and scores["aux_loss"].notna().sum() == 128

@@ -1,0 +1,121 @@
+"""The attention as a noise detector: per-sample scores from the method's own pass, the AUROCs,
+train_attention.csv, flipped_labels.csv and the pictures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from adadf import inference
+from adadf.engine.samples import SampleRecorder
+from adadf.methods.adadf import AdaDFMethod
+from adadf.methods.ce import CEMethod
+from adadf.config.schema import FusionConfig
+from test_metrics import auroc_loop
+from test_plots import assert_png
+from test_resume import train_here
+
+C = 3
+
+
+def outputs_for(n: int, crops: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n * crops, C, generator=g), torch.randn(n * crops, C, generator=g),
+            torch.rand(n * crops, generator=g))
+
+
+def test_recorder_places_each_image_by_the_delivery_order():
+    order = [4, 0, 3, 1, 5]  # sample 2 not delivered (a dropped last partial batch)
+    recorder = SampleRecorder(6, CEMethod(C), torch.device("cpu")).start(lambda: order)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    batches = [(outputs_for(3, seed=1), labels[:3]), (outputs_for(2, seed=2), labels[3:])]
+    for outputs, y in batches:
+        recorder(outputs, y, len(y))
+    scores = recorder.finish()
+    aux, target, attention = (torch.cat(parts) for parts in zip(*(o for o, _ in batches)))
+    for k, i in enumerate(order):
+        assert scores.attention[i] == pytest.approx(float(attention[k]))
+        # CE trains the target branch: its loss on the given label is the small-loss score.
+        assert scores.aux_loss[i] == pytest.approx(float(F.cross_entropy(target[k:k + 1], labels[k:k + 1])))
+        assert scores.prediction[i] == int(target[k].argmax())
+    assert np.isnan(scores.attention[2]) and scores.prediction[2] == -1
+
+
+def test_recorder_averages_crops_and_sums_ranks():
+    method = AdaDFMethod(FusionConfig(), C)  # Ada-DF: the auxiliary branch is trained on the labels
+    aux, target, attention = outputs_for(2, crops=4, seed=3)
+    labels = torch.tensor([1, 2]).repeat_interleave(4)
+    ranks = [SampleRecorder(4, method, torch.device("cpu")).start(lambda r=r: [r, r + 2]) for r in (0, 1)]
+    ranks[0]((aux, target, attention), labels, 2)
+    ranks[1]((aux.flip(0), target.flip(0), attention.flip(0)), labels.flip(0), 2)
+    total = ranks[0].values + ranks[1].values
+    scores = ranks[0].finish(reduce=lambda t: total)
+    per_row = F.cross_entropy(aux, labels, reduction="none")
+    assert scores.attention[0] == pytest.approx(float(attention[:4].mean()))
+    assert scores.aux_loss[2] == pytest.approx(float(per_row[4:].mean()))
+    assert scores.attention[1] == pytest.approx(float(attention.flip(0)[:4].mean()))
+    assert scores.prediction[0] == int(target[:4].mean(0).argmax())
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory, cache_dir) -> Path:
+    """Ada-DF with its clean class-distribution pass, 25% of the 24 training labels flipped."""
+    out = tmp_path_factory.mktemp("noisy")
+    summary = train_here(out, cache_dir, "dataset.label_noise=0.25", "fusion.ld_pass=clean", "trainer.epochs=1")
+    assert summary["status"] == "completed"
+    return out
+
+
+def test_attention_csv_and_flipped_list(noisy_run: Path):
+    scores = pd.read_csv(noisy_run / "train_attention.csv")
+    assert list(scores.columns) == ["index", "path", "label", "attention", "aux_loss", "prediction",
+                                    "flipped", "clean_label"]
+    assert len(scores) == 24 and scores["attention"].notna().all()  # the clean pass sees every image once
+    flipped = pd.read_csv(noisy_run / "flipped_labels.csv")
+    assert list(flipped.columns) == ["index", "path", "clean", "noisy"] and len(flipped) == 6  # round(0.25 * 24)
+    assert scores.loc[scores["flipped"], "index"].tolist() == flipped["index"].tolist()
+    assert (flipped["clean"] != flipped["noisy"]).all()
+    assert scores.loc[scores["flipped"], "clean_label"].tolist() == flipped["clean"].tolist()
+    assert (scores["label"] == scores["clean_label"]).tolist() == (~scores["flipped"]).tolist()
+
+
+def test_noise_aurocs_equal_the_plain_loop(noisy_run: Path):
+    scores = pd.read_csv(noisy_run / "train_attention.csv")
+    summary = json.loads((noisy_run / "summary.json").read_text())
+    flipped = scores["flipped"].tolist()
+    assert summary["noise_auroc"] == pytest.approx(auroc_loop((-scores["attention"]).tolist(), flipped))
+    assert summary["noise_auroc_aux_loss"] == pytest.approx(auroc_loop(scores["aux_loss"].tolist(), flipped))
+    metrics = pd.read_csv(noisy_run / "metrics.csv")
+    assert metrics["noise_auroc"].iloc[-1] == pytest.approx(summary["noise_auroc"])
+
+
+def test_scores_are_the_trained_model_on_the_clean_images(noisy_run: Path):
+    """The clean pass ran after the epoch's last step: last.pt's model gives the same scores."""
+    checkpoint = inference.read_checkpoint(noisy_run / "checkpoints" / "last.pt")
+    model = inference.load_model(checkpoint, 7)
+    from adadf.app import build_data, dataset_node
+
+    data = build_data(dataset_node(checkpoint.dataset_config), 0)
+    images = torch.cat([x for x, _ in data.clean_train_loader])
+    with torch.no_grad():
+        aux, target, attention = model(data.eval_batch_transform(images))
+    labels = torch.tensor(data.train_labels)
+    scores = pd.read_csv(noisy_run / "train_attention.csv")
+    np.testing.assert_allclose(scores["attention"], attention.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores["aux_loss"], F.cross_entropy(aux, labels, reduction="none").numpy(),
+                               rtol=1e-4, atol=1e-5)
+    assert scores["prediction"].tolist() == target.argmax(1).tolist()
+
+
+def test_pictures_and_suspects(noisy_run: Path):
+    assert_png(noisy_run / "plots" / "attention_e001.png")
+    assert_png(noisy_run / "plots" / "class_dist_e001.png")
+    assert_png(noisy_run / "plots" / "suspects.png")
+    suspects = pd.read_csv(noisy_run / "suspects.csv")
+    assert len(suspects) == 24  # trainer.suspects=36 > 24 images: all of them, ranked
+    assert suspects["aux_loss"].is_monotonic_decreasing  # trainer.suspects_by=aux_loss (the default)
