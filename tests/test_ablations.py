@@ -142,3 +142,12 @@ def test_label_noise_out_of_range_is_one_line(compose_cfg):
     for value in ("1.0", "-0.1"):
         with pytest.raises(UserError, match=rf"^dataset.label_noise={float(value)}: expected a value in \[0, 1\)$"):
             validate_config(compose_cfg([f"dataset.label_noise={value}"]))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=ce", "fusion.sharpen=true"], "fusion.sharpen=True: method=ce has no class distributions"),
+    (["method=adadf_fixed_fusion", "fusion.min_weight=0.1"], "fusion.min_weight=0.1: this Ada-DF ablation fixes"),
+])
+def test_refusals_come_at_validation_before_any_work(compose_cfg, overrides, message):
+    with pytest.raises(UserError, match=f"^{message}"):
+        validate_config(compose_cfg(overrides))

@@ -106,3 +106,12 @@ def test_ce_under_torchrun(tmp_path: Path, cache_dir: Path):
     # gathered into one file on rank 0.
     scores = pd.read_csv(out / "train_attention.csv")
     assert len(scores) == 140 and scores["aux_loss"].notna().sum() == 128
+
+
+def test_a_switch_ce_lacks_is_one_line_before_any_work(run_cli, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_cli([*FAST, "method=ce", "fusion.ld_pass=online", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "fusion.ld_pass=online: method=ce has no class distributions (leave it at its default)"]
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()

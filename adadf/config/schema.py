@@ -52,6 +52,40 @@ class FusionConfig:
             )
 
 
+# Ada-DF switches that name a part a plain classifier does not have: key -> (default, the part).
+# Hyper-parameters the paper's recipes set (threshold, beta, ...) are not among them.
+ADADF_SWITCHES = {
+    "ld_pass": (LDPass.augmented, "class distributions"),
+    "update_class_dist": (True, "class distributions"),
+    "sharpen": (False, "class distributions"),
+    "alpha": (None, "KL/CE weight schedule"),
+    "detach_target": (None, "fused target"),
+}
+
+
+def refuse_switches(params: FusionConfig, method: str) -> None:
+    """One line naming the first Ada-DF switch set for a method that has no such part."""
+    for key, (default, part) in ADADF_SWITCHES.items():
+        value = getattr(params, key)
+        if value != default:
+            shown = value.value if isinstance(value, LDPass) else value
+            raise UserError(f"fusion.{key}={shown}: method={method} has no {part} (leave it at its default)")
+
+
+def fix_fusion(params: FusionConfig, fixed: dict[str, Any]) -> FusionConfig:
+    """``params`` with the keys an ablation fixes (``method.fixed``). A ``fusion.<key>`` set to
+    another value than its default and the ablation's is refused: the run would not be the
+    ablation its name says."""
+    defaults = FusionConfig()
+    for key, value in fixed.items():
+        if not hasattr(defaults, key):
+            raise UserError(f"method.fixed.{key}: not a fusion key")
+        given = getattr(params, key)
+        if given != getattr(defaults, key) and given != value:
+            raise UserError(f"fusion.{key}={given}: this Ada-DF ablation fixes fusion.{key}={value}")
+    return dataclasses.replace(params, **fixed)
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = ranged(5, *at_least(1))  # the embedded default finishes in minutes; experiments set 75
@@ -92,6 +126,10 @@ class AdaDFMethodConfig(MethodConfig):
     # fusion.* keys an ablation fixes whatever fusion.* says (conf/method/adadf_*.yaml), e.g. {margin: 0}
     fixed: Dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:  # at validation, before any work (params is typed by then)
+        if isinstance(self.params, FusionConfig):
+            fix_fusion(self.params, self.fixed)
+
 
 @dataclass
 class CEMethodConfig(MethodConfig):
@@ -100,6 +138,10 @@ class CEMethodConfig(MethodConfig):
     _target_: str = "adadf.methods.ce.CEMethod"
     label_smoothing: float = ranged("${fusion.label_smoothing}", *half_open01())
     params: Any = "${fusion}"  # read only to refuse Ada-DF switches that CE has no part for
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, FusionConfig):
+            refuse_switches(self.params, "ce")
 
 
 def _positive(x: float) -> bool:

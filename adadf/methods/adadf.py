@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from adadf import fusion
-from adadf.config.schema import FusionConfig
+from adadf.config.schema import FusionConfig, fix_fusion
 from adadf.errors import UserError
 from adadf.methods.base import Method, Outputs, Reducer
 
@@ -26,20 +26,6 @@ def resolve_detach_target(params: FusionConfig, pretrained: bool) -> FusionConfi
     return dataclasses.replace(params, detach_target=not pretrained)
 
 
-def apply_fixed(params: FusionConfig, fixed: dict) -> FusionConfig:
-    """``params`` with the keys an ablation fixes (``method.fixed``). A ``fusion.<key>`` the user
-    set to another value than its default and the ablation's is refused: the run would not be the
-    ablation its name says."""
-    defaults = FusionConfig()
-    for key, value in fixed.items():
-        if not hasattr(defaults, key):
-            raise UserError(f"method.fixed.{key}: not a fusion key")
-        given = getattr(params, key)
-        if given != getattr(defaults, key) and given != value:
-            raise UserError(f"fusion.{key}={given}: this Ada-DF ablation fixes fusion.{key}={value}")
-    return dataclasses.replace(params, **fixed)
-
-
 class AdaDFMethod(Method):
     """Fusion hyper-parameters plus the C x C class-distribution matrix LD.
 
@@ -52,7 +38,7 @@ class AdaDFMethod(Method):
                  fixed: dict | None = None) -> None:
         super().__init__(num_classes, pretrained)
         self.fixed = dict(fixed or {})
-        params = apply_fixed(params, self.fixed)
+        params = fix_fusion(params, self.fixed)
         self.params = resolve_detach_target(params, pretrained)
         if params.detach_target is None:
             log.info("fusion.detach_target=auto -> %s: %s", self.params.detach_target,

@@ -15,28 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adadf.config.schema import FusionConfig, LDPass
-from adadf.errors import UserError
+from adadf.config.schema import FusionConfig, refuse_switches
 from adadf.methods.base import Method, Outputs
-
-# Ada-DF switches (fusion.*) that name a part this method does not have: a non-default value is an
-# error, not silently ignored. Hyper-parameters that experiments set (threshold, beta, ...) are left alone.
-ADADF_SWITCHES = {
-    "ld_pass": (LDPass.augmented, "class distributions"),
-    "update_class_dist": (True, "class distributions"),
-    "sharpen": (False, "class distributions"),
-    "alpha": (None, "KL/CE weight schedule"),
-    "detach_target": (None, "fused target"),
-}
-
-
-def refuse_switches(params: FusionConfig | None, method: str) -> None:
-    """One line naming the first Ada-DF switch set for a method that has no such part."""
-    for key, (default, part) in ADADF_SWITCHES.items():
-        value = getattr(params, key, default) if params is not None else default
-        if value != default:
-            shown = value.value if isinstance(value, LDPass) else value
-            raise UserError(f"fusion.{key}={shown}: method={method} has no {part} (leave it at its default)")
 
 
 class CEMethod(Method):
@@ -49,7 +29,8 @@ class CEMethod(Method):
     def __init__(self, num_classes: int, pretrained: bool = False, label_smoothing: float = 0.0,
                  params: FusionConfig | None = None) -> None:
         super().__init__(num_classes, pretrained)
-        refuse_switches(params, "ce")
+        if params is not None:  # also checked at validation (CEMethodConfig), before any work
+            refuse_switches(params, "ce")
         self.label_smoothing = float(label_smoothing)
 
     def loss(self, outputs: Outputs, labels: Tensor, epoch: int, num_images: int) -> dict[str, Tensor | float]:
