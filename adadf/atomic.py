@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+# The temp file beside ``name``: ``.<name>.<mkstemp's 8 random characters>.tmp``.
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def _new_file_mode() -> int:
@@ -21,7 +25,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     ``os.replace``d onto ``path``. A crash or kill at any point leaves the previous ``path`` intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # _TEMP_NAME
     try:
         os.fchmod(fd, _new_file_mode())  # readable like any other output, not owner-only
         os.close(fd)
@@ -39,3 +43,13 @@ def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
         yield f
         f.flush()
         os.fsync(f.fileno())
+
+
+def stale_temp_files(directory: Path) -> list[Path]:
+    """The temp files :func:`atomic_path` left in ``directory`` when its process was killed mid-write
+    (``kill -9``, the OOM killer: no cleanup runs). Only call this for a directory no live writer
+    uses (a run dir its run has locked)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _TEMP_NAME.match(p.name) and p.is_file())

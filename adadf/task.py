@@ -1,32 +1,41 @@
 """The job wrapper: one place owns a training job's outcome.
 
-- Before anything is written the run dir is claimed (an existing run is never overwritten) and the
-  config validated: a refusal is one line and leaves no trace.
+- Before anything is written the config is validated and the run dir claimed: its lock taken (one
+  run per dir, ``adadf.engine.rundir``), an existing run never overwritten, a checkpoint to resume
+  from checked against the config. A refusal is one line and leaves no trace in a dir another run
+  owns; in a dir no run owns a failed start is recorded like any failure.
+- Only a claimed job writes ``.hydra/`` (``hydra.output_subdir`` is null in conf/config.yaml; the
+  same three files Hydra writes), so a refused command never rewrites an existing run's record.
 - After that every outcome is recorded in ``summary.json``: ``completed``, ``interrupted`` (Ctrl-C /
-  SIGTERM, after the last checkpoint) or ``failed`` with the error line, and the logger is closed
-  with the matching exit code.
+  SIGTERM, after the last checkpoint) or ``failed`` with the error line (also in ``run.log``), and
+  the logger is closed with the matching exit code.
 - Outside a multirun an error then propagates (one line, non-zero exit). In a multirun a failed job
   is recorded and returns None so the sweep goes on (``SweepSummary`` exits non-zero at the end);
   an interrupt stops the whole sweep.
 """
 from __future__ import annotations
 
+import copy
 import logging
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from adadf import app
+from adadf.atomic import stale_temp_files
 from adadf.config import validate_config
 from adadf.engine import distributed
 from adadf.engine.interrupt import StopRequested
+from adadf.engine.rundir import RunDirBusy, RunLock
 from adadf.errors import UserError
 from adadf.tracking import RunFiles
-from adadf.train import RunInterrupted, TrainingRun, find_resume_checkpoint
+from adadf.train import ResumePoint, RunInterrupted, TrainingRun, check_resume, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,38 @@ def _error_line(err: BaseException) -> str:
     return ": ".join(part for part in (kind, first) if part)
 
 
+def hydra_record(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra itself writes to ``.hydra/`` (config.yaml, hydra.yaml, overrides.yaml), for the
+    task to write once the job has claimed its dir; only config.yaml outside Hydra (compose API)."""
+    record = {"config.yaml": OmegaConf.to_yaml(cfg)}
+    if HydraConfig.initialized():
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        with read_write(hydra_cfg.hydra):
+            hydra_cfg.hydra.output_subdir = ".hydra"  # where it is written (null only stops Hydra writing it)
+        record["hydra.yaml"] = OmegaConf.to_yaml(hydra_cfg)
+        record["overrides.yaml"] = OmegaConf.to_yaml(HydraConfig.get().overrides.task)
+    return record
+
+
+def _log_to_file(line: str) -> None:
+    """``line`` into run.log only: the console shows the error once already (``adadf.cli``)."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def _remove_stale_temp_files(files: RunFiles) -> None:
+    """Temp files a killed run (``kill -9`` mid-write) left beside its checkpoints: hundreds of MB."""
+    stale = stale_temp_files(files.checkpoint_dir)
+    size = sum(p.stat().st_size for p in stale)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp file(s) (%.1f MB) a killed run left in %s", len(stale), size / 2**20,
+                 files.checkpoint_dir)
+
+
 @dataclass
 class Claim:
     """A job allowed to start: its place among the ranks, its device, run dir and resume point."""
@@ -57,17 +98,56 @@ class Claim:
     device: torch.device
     files: RunFiles
     resume_from: Path | None
+    lock: RunLock | None = None  # rank 0: held until the job's outcome is recorded
+    checked: ResumePoint | None = None  # rank 0: the checkpoint at resume_from, read and checked
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
 
 
 def claim(cfg: DictConfig) -> Claim:
-    """Validate ``cfg`` and take the run dir; raises a one-line ``UserError`` before writing anything."""
+    """Validate ``cfg`` and take the run dir; raises a one-line ``UserError`` before writing anything
+    but the lock. Rank 0 then owns the dir: stale temp files go, ``.hydra/`` is written."""
     trainer_cfg = validate_config(cfg)["trainer"]
     world, device = distributed.init_distributed(app.resolve_device(trainer_cfg.device))
     files = RunFiles(distributed.broadcast_object(app.run_dir()))  # every rank: rank 0's run dir
     if not world.is_main:
         distributed.remove_empty_dir(app.run_dir(), keep=files.run_dir)
-    resume_from = find_resume_checkpoint(trainer_cfg.resume, files) if world.is_main else None
-    return Claim(world, device, files, distributed.broadcast_object(resume_from))
+        return Claim(world, device, files, distributed.broadcast_object(None))
+    lock = RunLock(files.run_dir).acquire()
+    try:
+        resume_from = find_resume_checkpoint(trainer_cfg.resume, files)
+        checked = check_resume(resume_from, cfg, trainer_cfg.resume_allow_changes) if resume_from else None
+        _remove_stale_temp_files(files)
+        files.write_hydra_record(hydra_record(cfg))
+    except BaseException:
+        lock.release()
+        raise
+    return Claim(world, device, files, distributed.broadcast_object(resume_from), lock, checked)
+
+
+def record_refusal(cfg: DictConfig, err: UserError) -> None:
+    """A job that failed before claiming its dir (a bad value, a missing checkpoint) records that, as a
+    claimed job would (summary.json with the error line, .hydra/, run.log), but only in a dir no run
+    owns: never where a checkpoint exists or another run holds the lock."""
+    files = RunFiles(app.run_dir())
+    if isinstance(err, RunDirBusy) or not distributed.env_world().is_main or files.last_checkpoint.exists():
+        return
+    try:
+        lock = RunLock(files.run_dir).acquire()
+    except (UserError, OSError):
+        return
+    try:
+        if not files.last_checkpoint.exists():
+            files.write_summary({**_empty_summary("failed", 0.0), "error": _error_line(err)})
+            files.write_hydra_record(hydra_record(cfg))
+            if not app.in_multirun():  # a multirun's job logs "job failed: ..." to console and file
+                _log_to_file(_error_line(err))
+    except OSError as write_err:
+        log.warning("could not record the failure in %s: %s", files.run_dir, write_err)
+    finally:
+        lock.release()
 
 
 def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
@@ -76,14 +156,16 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
     run: TrainingRun | None = None
     status, error = "failed", None
     try:
-        run = TrainingRun(cfg, job.world, job.device, job.files, job.resume_from)
+        checked, job.checked = job.checked, None  # the checkpoint's contents: not kept past the restore
+        run = TrainingRun(cfg, job.world, job.device, job.files, job.resume_from, checked)
+        del checked
         run.fit()
         status = "completed"
     except (StopRequested, KeyboardInterrupt) as stopped:  # KeyboardInterrupt: a second Ctrl-C
         status = "interrupted"
         error = RunInterrupted(
             f"stopped by {getattr(stopped, 'signame', 'SIGINT')} after epoch {run.epoch if run else 0}; "
-            f"continue with trainer.resume=auto hydra.run.dir={job.files.run_dir}"
+            f"continue with trainer.resume=auto hydra.run.dir={shlex.quote(str(job.files.run_dir))}"
         )
     except Exception as err:  # noqa: BLE001 - recorded below, then raised
         error = err
@@ -92,7 +174,14 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
     if status == "failed":
         summary["error"] = _error_line(error)
     if job.world.is_main:
-        job.files.write_summary(summary)
+        try:
+            job.files.write_summary(summary)
+        except OSError as err:  # a full disk: the error that stopped the run still goes out below
+            if error is None:
+                raise
+            log.warning("could not write %s: %s", job.files.summary, err)
+        if error is not None and not app.in_multirun():  # a multirun's job logs it to console and file
+            _log_to_file(str(error) if status == "interrupted" else _error_line(error))
     if run is not None:
         run.report(summary, exit_code=0 if error is None else 1)
     if error is not None:
@@ -104,7 +193,15 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Claim the run dir, then train (``python run.py`` without ``-m``)."""
-    return execute(cfg, claim(cfg))
+    try:
+        job = claim(cfg)
+    except UserError as err:
+        record_refusal(cfg, err)
+        raise
+    try:
+        return execute(cfg, job)
+    finally:
+        job.release()
 
 
 def run_task(cfg: DictConfig) -> float | None:
@@ -114,19 +211,19 @@ def run_task(cfg: DictConfig) -> float | None:
     try:
         job = claim(cfg)
     except UserError as err:  # a bad value in this job's overrides: record it in the job's own dir
-        files = RunFiles(app.run_dir())
-        if not files.last_checkpoint.exists():  # never over an earlier run's record
-            files.write_summary({**_empty_summary("failed", 0.0), "error": _error_line(err)})
+        record_refusal(cfg, err)
         log.error("job failed: %s", _error_line(err))
         return None
     try:
         return objective(execute(cfg, job))
     except RunInterrupted as err:
         raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
-                         f"{app.sweep_dir()}") from None
+                         f"{shlex.quote(str(app.sweep_dir()))}") from None
     except Exception as err:  # noqa: BLE001 - recorded by execute; one failed job must not stop the sweep
         if isinstance(err, UserError):
             log.error("job failed: %s", _error_line(err))
         else:
             log.error("job failed", exc_info=err)
         return None
+    finally:
+        job.release()

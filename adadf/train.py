@@ -1,16 +1,17 @@
 """A training run: its parts built from the config, resumed if asked, fitted, reported.
 
-``adadf.task.run_task`` owns the outcome (status, summary.json, exit code); this module owns the
-work. ``claim_run_dir`` runs first and refuses before anything is written.
+``adadf.task`` owns the outcome (status, summary.json, exit code); this module owns the work.
+``adadf.task.claim`` runs first (with ``find_resume_checkpoint``) and refuses before anything is written.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from adadf import app
 from adadf.engine import distributed
@@ -47,12 +48,84 @@ def find_resume_checkpoint(resume: str | None, files: RunFiles) -> Path | None:
     return path
 
 
+# Groups whose values shape the training itself: a resumed run must go on with the same ones.
+RESUME_CHECKED_GROUPS = ("fusion", "method", "optimizer", "scheduler")
+
+
+@dataclass
+class ResumePoint:
+    """A checkpoint that fits the config, read once: its contents and the values that changed."""
+
+    path: Path
+    state: dict[str, Any]
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # key -> (checkpoint's, now)
+
+
+def _flat(node: Any, prefix: str) -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out |= _flat(value, f"{prefix}.{key}")
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Values of ``RESUME_CHECKED_GROUPS`` that differ between a checkpoint's config and now.
+
+    A key either side lacks (a key added since the checkpoint was written) and a value the config
+    leaves null (auto: resolved at run time, e.g. ``fusion.detach_target``) count as unchanged;
+    ``method.params`` mirrors ``fusion`` and is left out.
+    """
+    changes = {}
+    for group in RESUME_CHECKED_GROUPS:
+        old, new = _flat(saved.get(group, {}), group), _flat(current.get(group, {}), group)
+        for key in sorted(old.keys() & new.keys()):
+            if key.startswith("method.params.") or new[key] is None or old[key] == new[key]:
+                continue
+            changes[key] = (old[key], new[key])
+    return changes
+
+
+def check_resume(path: Path, cfg: DictConfig, allow_changes: bool) -> ResumePoint:
+    """Read the checkpoint to resume from and refuse, in one line, one that does not fit ``cfg``:
+    weights only (a best.pt), another backbone, or changed training values (unless allowed)."""
+    state = load_checkpoint(path)
+    if "optimizer" not in state:
+        last = path.with_name("last.pt")
+        where = f" ({last})" if last.is_file() and last != path else ""
+        raise UserError(
+            f"{path}: holds weights only (a best.pt: no optimizer, scheduler or RNG state); resuming needs "
+            f"the run's last.pt{where}, or start a new run from these weights with backbone.checkpoint={path}"
+        )
+    saved = state.get("config") or {}
+    current = OmegaConf.to_container(cfg, resolve=True)
+    old_backbone = (saved.get("backbone") or {}).get("name")
+    new_backbone = current["backbone"].get("name")
+    if old_backbone is not None and old_backbone != new_backbone:
+        raise UserError(
+            f"{path}: does not fit this config: the checkpoint was trained with backbone {old_backbone}, "
+            f"the config has backbone.name={new_backbone} (resume with backbone.name={old_backbone})"
+        )
+    changes = config_changes(saved, current)
+    listed = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+    if changes and not allow_changes:
+        raise UserError(
+            f"{path}: the config differs from the checkpoint's in {listed}; pass "
+            "trainer.resume_allow_changes=true to resume with the new values, or start a new run"
+        )
+    if changes:
+        log.warning("resuming with changed values (trainer.resume_allow_changes=true): %s", listed)
+    return ResumePoint(path, state, changes)
+
+
 class TrainingRun:
     """Seeded, built and (when resuming) restored in the constructor; ``fit`` trains; ``report``
     sends the outcome to the logger. Under torchrun every rank builds one; only rank 0 writes."""
 
     def __init__(self, cfg: DictConfig, world: distributed.World, device: torch.device, files: RunFiles,
-                 resume_from: Path | None) -> None:
+                 resume_from: Path | None, checked: ResumePoint | None = None) -> None:
+        """``checked``: the checkpoint at ``resume_from`` already read and checked (rank 0)."""
         seed_everything(cfg.seed)
         parts = app.build(cfg, device)
         if parts.trainer.deterministic:
@@ -62,6 +135,9 @@ class TrainingRun:
             seed_everything(rank_seed)
         self.parts, self.files, self.world = parts, files, world
         self.logger = app.build_logger(cfg, world.is_main, job_type="train")
+        if checked is not None and checked.changes:  # recorded in W&B and the checkpoints
+            parts.config["resume_changes"] = {key: {"checkpoint": old, "now": new}
+                                              for key, (old, new) in checked.changes.items()}
         self.trainer = Trainer(
             model=parts.model, method=parts.method, optimizer=parts.optimizer, scheduler=parts.scheduler,
             data=parts.data, ctx=parts.ctx, files=files, logger=self.logger, epochs=parts.trainer.epochs,
@@ -71,7 +147,7 @@ class TrainingRun:
         )
         run_id = None
         if resume_from is not None:
-            state = load_checkpoint(resume_from)
+            state = checked.state if checked is not None else load_checkpoint(resume_from)
             try:
                 self.trainer.load_state_dict(state)
             except (RuntimeError, KeyError, ValueError) as err:

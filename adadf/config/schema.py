@@ -96,6 +96,7 @@ class TrainerConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
     resume: Optional[str] = None  # null | auto (this run dir's last.pt) | a checkpoint or run dir
+    resume_allow_changes: bool = False  # resume although fusion/method/optimizer/scheduler values changed
     progress: bool = True  # tqdm progress bars on interactive terminals
     deterministic: bool = False  # torch.use_deterministic_algorithms
     # The training images to re-check (docs/research.md): ranked by low attention or high label loss.

@@ -1,6 +1,8 @@
 """Checkpoints that survive crashes: written to a temp file, fsynced, then atomically renamed."""
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -8,14 +10,54 @@ from typing import Any
 import numpy as np
 import torch
 
-from adadf.atomic import atomic_open
+from adadf.atomic import atomic_path
 from adadf.errors import UserError
+
+
+class CheckpointWriteError(UserError, OSError):
+    """A checkpoint could not be written (a full disk, a read-only location); the previous files
+    are intact. An ``OSError`` too, with the original ``errno``."""
+
+    def __init__(self, message: str, errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+def save_all_atomic(files: dict[Path, Any]) -> None:
+    """``torch.save`` each object to its path as one step: every file is written to a temp file and
+    fsynced first, and only then are they renamed into place. So a failure while writing any of
+    them (a full disk) leaves every previous file as it was. An ``OSError`` names the file."""
+    with contextlib.ExitStack() as stack:  # on exit: renamed in reverse order, or all temps removed
+        for path, obj in files.items():
+            tmp = stack.enter_context(atomic_path(path))
+            try:
+                with open(tmp, "wb") as f:
+                    torch.save(obj, f)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError as err:
+                if err.filename is None:  # a write to an open file names none
+                    raise OSError(err.errno, err.strerror or str(err), str(path)) from err
+                raise
 
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` so that a reader sees either the old file or the new one, whole."""
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+    save_all_atomic({Path(path): obj})
+
+
+def _fallback(path: Path) -> str:
+    """For an unreadable ``last.pt``: what its run dir still offers (an intact ``best.pt``)."""
+    best = path.with_name("best.pt")
+    if path.name != "last.pt" or not best.is_file():
+        return "no best.pt beside it to fall back to"
+    try:
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        epoch = state["epoch"]
+    except Exception:  # noqa: BLE001 - any failure means best.pt is no fallback
+        return f"{best} is unreadable too"
+    return (f"{best} (epoch {epoch}) is intact: it holds weights only, so start a new run from it with "
+            f"backbone.checkpoint={best}")
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -25,7 +67,10 @@ def load_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # truncated, corrupt, or not a torch file
-        raise UserError(f"{path}: unreadable checkpoint ({type(err).__name__}); expected a file written by adadf") from None
+        raise UserError(
+            f"{path}: unreadable checkpoint, truncated or corrupt ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}); {_fallback(path)}"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise UserError(f"{path}: not an adadf training checkpoint (expected keys 'model' and 'epoch')")
     return state

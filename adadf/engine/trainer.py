@@ -1,6 +1,7 @@
 """The epoch loop: train -> class distributions -> evaluate -> checkpoint, resumable exactly."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -13,7 +14,7 @@ from torch.utils.data import RandomSampler
 
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
-from adadf.engine.checkpoint import rng_state, save_atomic, set_rng_state
+from adadf.engine.checkpoint import CheckpointWriteError, rng_state, save_all_atomic, set_rng_state
 from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap, unwrap_ddp
 from adadf.engine.loop import StepContext, evaluate, observe_pass, train_one_epoch
 from adadf.engine.samples import SampleDetector
@@ -119,13 +120,25 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"])
 
-    def _save(self, improved: bool) -> None:
+    def _save(self, improved: bool, previous: Progress) -> None:
+        """This epoch's last.pt (and best.pt) as one step: if either cannot be written (a full
+        disk, a read-only dir) neither is replaced, ``progress`` goes back to ``previous`` (what the
+        files on disk hold, so summary.json agrees with them) and the error is one line."""
         if not self.is_main:
             return
         state = self.state_dict()
-        save_atomic(state, self.files.last_checkpoint)
+        files = {self.files.last_checkpoint: state}
         if improved:  # weights for evaluation and prediction; resume state stays in last.pt only
-            save_atomic({k: state[k] for k in BEST_KEYS}, self.files.best_checkpoint)
+            files[self.files.best_checkpoint] = {k: state[k] for k in BEST_KEYS}
+        try:
+            save_all_atomic(files)
+        except OSError as err:
+            self.progress = previous
+            last_good = (f"the last good checkpoint is epoch {previous.epoch}" if previous.epoch
+                         else "no checkpoint was written yet")
+            raise CheckpointWriteError(
+                f"{err.strerror or err} writing {err.filename}; {last_good}", err.errno
+            ) from None
 
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> Progress:
@@ -178,6 +191,7 @@ class Trainer:
             row["epoch_time_s"] = time.perf_counter() - start
 
             p = self.progress
+            saved = copy.deepcopy(p)  # what the checkpoints on disk hold, until this epoch's are written
             improved = test.acc > p.best_acc
             if improved:
                 p.best_acc, p.best_epoch = test.acc, epoch
@@ -185,7 +199,7 @@ class Trainer:
             p.best_mean_class_acc = max(p.best_mean_class_acc, test.mean_class_acc)
             p.epoch = epoch
             p.history.append(row)
-            self._save(improved)
+            self._save(improved, saved)
             if self.is_main:
                 self.files.write_metrics(p.history)
                 self.logger.log_epoch(row)

@@ -30,6 +30,7 @@ class RunFiles:
         self.best_checkpoint = self.checkpoint_dir / "best.pt"
         self.metrics = self.run_dir / "metrics.csv"
         self.summary = self.run_dir / "summary.json"
+        self.hydra_dir = self.run_dir / ".hydra"  # the job's composed config, Hydra's settings, overrides
 
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         """Rewrite metrics.csv from the full history (so a resumed run never duplicates rows)."""
@@ -39,6 +40,11 @@ class RunFiles:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_text_atomic(self.summary, json.dumps(summary, indent=2, default=float) + "\n")
+
+    def write_hydra_record(self, files: dict[str, str]) -> None:
+        """``.hydra/<name>`` for each name -> YAML text (what Hydra writes there itself)."""
+        for name, text in files.items():
+            write_text_atomic(self.hydra_dir / name, text)
 
     def read_summary(self) -> dict[str, Any] | None:
         try:
