@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import shutil
 import signal
@@ -28,8 +29,8 @@ from adadf.engine.trainer import Trainer
 from adadf.errors import UserError
 from adadf.train import RunInterrupted
 
-from conftest import ROOT, cli_env
-from test_resume import TINY, straight, train_here  # noqa: F401 - straight: two epochs, copied here
+from conftest import FAST, ROOT, cli_env
+from test_resume import TINY, straight, train_here, train_with  # noqa: F401 - straight: two epochs, copied here
 
 REAL_SAVE = torch.save
 
@@ -275,3 +276,21 @@ def test_failed_start_writes_summary_and_run_log_once(tmp_path: Path, cache_dir:
     assert (run / "run.log").read_text().count(line) == 1
     assert (run / ".hydra" / "overrides.yaml").read_text().count("fusion.beta=0.5") == 1
     assert line not in proc.stdout  # the console shows it once (stderr)
+
+
+def test_failure_after_the_claim_goes_to_run_log_too(tmp_path: Path):
+    """A dataset that is not there fails while the run is built: the line reaches run.log's handler
+    (Hydra's file handler; here one of our own), not the console's (adadf.cli prints it once)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    handler = logging.FileHandler(run / "run.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        with pytest.raises(UserError) as err:
+            train_with(run, [*FAST, "dataset=raf", f"dataset.root={tmp_path / 'nowhere'}"])
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    line = str(err.value)
+    assert (run / "run.log").read_text().count(line) == 1
+    assert json.loads((run / "summary.json").read_text())["error"] == line
