@@ -107,6 +107,7 @@ def learning_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarra
         std = np.nan_to_num(np.asarray(std, dtype=float))
         ax.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.set_title(title)
