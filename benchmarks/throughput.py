@@ -336,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
                        "backbone.checkpoint=null", "trainer.progress=false", *args.overrides])
     torch.manual_seed(cfg.seed)
     parts = app.build(cfg)  # the training run's model, method, optimizer and step context
+    for group in parts.optimizer.param_groups:  # a step costs the same at lr 0, and blocks that reuse
+        group["lr"] = 0.0  # the same few batches can then never drive the loss to NaN
     ctx = parts.ctx
     device = ctx.device
 
