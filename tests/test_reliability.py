@@ -208,7 +208,7 @@ def test_truncated_last_checkpoint_names_the_fallback(straight: Path, tmp_path: 
         train_here(run, cache_dir, "trainer.epochs=2", "trainer.resume=auto")
     message = str(err.value)
     best = run / "checkpoints" / "best.pt"
-    assert message.startswith(f"{last}: unreadable checkpoint, truncated or corrupt") and "\n" not in message
+    assert message.startswith(f"{last}: cannot read checkpoint (truncated, corrupt") and "\n" not in message
     assert f"{best} (epoch {load_checkpoint(best)['epoch']}) is intact" in message and f"backbone.checkpoint={best}" in message
 
 

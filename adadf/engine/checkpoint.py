@@ -12,6 +12,7 @@ import torch
 
 from adadf.atomic import atomic_path
 from adadf.errors import UserError
+from adadf.torchfile import UnreadableCheckpoint, read_torch_file
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -52,26 +53,21 @@ def _fallback(path: Path) -> str:
     if path.name != "last.pt" or not best.is_file():
         return "no best.pt beside it to fall back to"
     try:
-        state = torch.load(best, map_location="cpu", weights_only=False)
-        epoch = state["epoch"]
-    except Exception:  # noqa: BLE001 - any failure means best.pt is no fallback
+        epoch = read_torch_file(best, trusted=True)["epoch"]
+    except (UserError, KeyError):  # any failure means best.pt is no fallback
         return f"{best} is unreadable too"
     return (f"{best} (epoch {epoch}) is intact: it holds weights only, so start a new run from it with "
             f"backbone.checkpoint={best}")
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load an adadf training checkpoint, or fail with one line naming the file."""
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
+    """Load an adadf training checkpoint (a file adadf wrote), or fail with one line naming the file
+    and, for an unreadable last.pt, what its run dir still offers."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated, corrupt, or not a torch file
-        raise UserError(
-            f"{path}: unreadable checkpoint, truncated or corrupt ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else 'no detail'}); {_fallback(path)}"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+        state = read_torch_file(path, trusted=True)
+    except UnreadableCheckpoint as err:
+        raise UserError(f"{err}; {_fallback(Path(path))}") from None
+    if "model" not in state or "epoch" not in state:
         raise UserError(f"{path}: not an adadf training checkpoint (expected keys 'model' and 'epoch')")
     return state
 

@@ -9,7 +9,6 @@ the file and the offending keys. The only tolerated gap is a missing BatchNorm
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 
 from adadf.errors import UserError
+from adadf.torchfile import read_torch_file
 from adadf.models.adadf import BRANCH_LAYERS, TRUNK_LAYERS, AdaDF
 
 log = logging.getLogger(__name__)
@@ -129,32 +129,9 @@ def _class_distributions(model: AdaDF, path: Path, value: object) -> torch.Tenso
 
 # ------------------------------------------------------------------------------------- file access
 def load_state_file(path: str | Path) -> dict:
-    """``torch.load`` a checkpoint onto the CPU, turning every failure into a one-line UserError.
-
-    Tries ``weights_only=True`` first; a file that needs arbitrary pickled objects is retried with
-    ``weights_only=False`` (only do this with files you trust). Missing, unreadable, truncated or
-    non-dict files raise UserError naming the path.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UserError(f"{path}: checkpoint file not found")
-    if not path.is_file():
-        raise UserError(f"{path}: expected a checkpoint file, found a directory or special file")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            if "weights only" not in str(err).lower():
-                raise
-            log.warning("%s holds non-tensor Python objects; loading it with weights_only=False", path)
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any decoding failure is a bad file from the user
-        raise UserError(
-            f"{path}: cannot read checkpoint (truncated, corrupt or not a PyTorch file): {_first_line(err)}"
-        ) from None
-    if not isinstance(obj, Mapping):
-        raise UserError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}")
-    return dict(obj)
+    """A checkpoint from elsewhere (pretrained backbone, Ada-DF or adadf file), onto the CPU:
+    ``weights_only`` first (see :mod:`adadf.torchfile`); failures are one-line UserErrors."""
+    return read_torch_file(path, trusted=False)
 
 
 # --------------------------------------------------------------------------- pretrained ResNet file
