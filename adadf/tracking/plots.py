@@ -13,10 +13,10 @@ import numpy as np
 from adadf.atomic import atomic_path
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, layout: str | None = None):
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height))
+    return Figure(figsize=(width, height), layout=layout)
 
 
 def _save(fig, path: Path) -> Path:
@@ -72,7 +72,7 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: Path
                columns: int = 6) -> Path:
     """Images [H, W, 3] uint8 in a grid, a caption under each."""
     rows = max(1, -(-len(images) // columns))
-    fig = _figure(2.0 * columns, 2.4 * rows)
+    fig = _figure(2.0 * columns, 2.4 * rows, layout="constrained")  # the title sits right above the grid
     axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
