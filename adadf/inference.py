@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
@@ -108,10 +109,9 @@ def scaled_logits(checkpoint: TrainedCheckpoint) -> bool:
     target = method.get("_target_") if isinstance(method, Mapping) else None
     if not target:
         return True
-    module_name, _, name = str(target).rpartition(".")
     try:
-        return bool(getattr(getattr(importlib.import_module(module_name), name), "scaled_logits", True))
-    except (ImportError, AttributeError):
+        return bool(getattr(get_class(str(target)), "scaled_logits", True))
+    except (ImportError, ValueError):
         raise UserError(f"{checkpoint.path}: trained with method {target}, which cannot be imported here") from None
 
 

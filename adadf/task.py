@@ -209,21 +209,13 @@ def run_task(cfg: DictConfig) -> float | None:
     if not app.in_multirun():
         return objective(train(cfg))
     try:
-        job = claim(cfg)
-    except UserError as err:  # a bad value in this job's overrides: record it in the job's own dir
-        record_refusal(cfg, err)
-        log.error("job failed: %s", _error_line(err))
-        return None
-    try:
-        return objective(execute(cfg, job))
+        return objective(train(cfg))  # a failure is recorded in the job's dir before it gets here
     except RunInterrupted as err:
         raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
                          f"{shlex.quote(str(app.sweep_dir()))}") from None
-    except Exception as err:  # noqa: BLE001 - recorded by execute; one failed job must not stop the sweep
+    except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
         if isinstance(err, UserError):
             log.error("job failed: %s", _error_line(err))
         else:
             log.error("job failed", exc_info=err)
         return None
-    finally:
-        job.release()

@@ -33,15 +33,13 @@ from torch.utils.data import Dataset
 from adadf.atomic import atomic_open
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir as adadf_cache_dir
+from adadf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
 NUM_CLASSES = len(CLASS_NAMES)
 FORMAT_VERSION = 2  # bump whenever the renderer changes, so stale caches are not reused
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Expression parameters per class (rows in CLASS_NAMES order). Columns:
 #   mouth_curve (-1 frown .. 1 smile), mouth_open (0..1), mouth_width, teeth (0..1),

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data.auto_augment import rand_augment_transform
 from torchvision import transforms as T
 
 from adadf.errors import UserError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN  # what the pretrained trunks expect
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 PAPER_SIZE = 224  # the size the paper's recipes are written for
 
 

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from adadf.data.bundle import DataBundle
+from adadf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from adadf.methods.base import Method, Outputs, Reducer
 from adadf.metrics import auroc
 from adadf.tracking import Logger
@@ -217,7 +218,7 @@ def display_image(data: DataBundle, index: int) -> np.ndarray:
     if image.dim() == 4:  # [K, 3, H, W]: TenCrop's fifth crop is the centre
         image = image[min(4, image.shape[0] - 1)]
     if image.dtype != torch.uint8:  # normalised with the ImageNet statistics
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-        std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         image = ((image.float() * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
     return image.permute(1, 2, 0).numpy()
