@@ -41,6 +41,10 @@ def at_least(low: int | float) -> tuple[Check, str]:
     return (lambda x: x >= low), f"{kind} >= {low}"
 
 
+def positive() -> tuple[Check, str]:
+    return (lambda x: x > 0), "a value > 0"
+
+
 def one_of(*options: str) -> tuple[Check, str]:
     return (lambda x: x in options), " | ".join(options)
 

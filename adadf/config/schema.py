@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Dict, List, Optional
 
-from adadf.config.fields import at_least, closed01, half_open01, one_of, open01, ranged
+from adadf.config.fields import at_least, closed01, half_open01, one_of, open01, positive, ranged
 from adadf.errors import UserError
 
 
@@ -35,7 +35,7 @@ class FusionConfig:
     tops: float = ranged(0.7, *open01())  # rank regularisation: fraction of the batch in the high group
     margin: float = ranged(0.07, *at_least(0.0))  # rank regularisation margin
     sharpen: bool = False  # sharpen class distributions with temperature T
-    T: float = ranged(1.2, lambda x: x > 0, "a value > 0")
+    T: float = ranged(1.2, *positive())
     drop_rate: float = ranged(0.0, *half_open01())  # dropout after the shared trunk
     label_smoothing: float = ranged(0.0, *half_open01())  # for the cross-entropy term
     alpha: Optional[float] = ranged(None, *closed01())  # fixed KL weight (CE 1 - alpha) instead of the schedule
@@ -145,15 +145,11 @@ class CEMethodConfig(MethodConfig):
             refuse_switches(self.params, "ce")
 
 
-def _positive(x: float) -> bool:
-    return x > 0
-
-
 @dataclass
 class OptimizerConfig:
     _target_: str = "torch.optim.Adam"
     _partial_: bool = True
-    lr: float = ranged(0.001, _positive, "a number > 0")
+    lr: float = ranged(0.001, *positive())
     weight_decay: float = ranged(0.0, *at_least(0.0))
 
 
@@ -166,7 +162,7 @@ class AdamWConfig(OptimizerConfig):
 @dataclass
 class SGDConfig(OptimizerConfig):
     _target_: str = "torch.optim.SGD"
-    lr: float = ranged(0.01, _positive, "a number > 0")
+    lr: float = ranged(0.01, *positive())
     momentum: float = ranged(0.9, *at_least(0.0))
     weight_decay: float = ranged(0.0005, *at_least(0.0))
     nesterov: bool = True
@@ -178,7 +174,7 @@ class ExponentialConfig:
 
     _target_: str = "torch.optim.lr_scheduler.ExponentialLR"
     _partial_: bool = True
-    gamma: float = ranged(0.9, _positive, "a number > 0")
+    gamma: float = ranged(0.9, *positive())
 
 
 @dataclass
