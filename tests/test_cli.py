@@ -8,11 +8,13 @@ from pathlib import Path
 import pandas as pd
 
 from conftest import FAST
+from wandb_offline import wandb_run
 
 
 def test_default_run_writes_contract(run_cli, tmp_path: Path):
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "logger=wandb", "trainer.epochs=2", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli([*FAST, "logger=wandb", "logger.log_checkpoint=true", "trainer.epochs=2",
+                    f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     metrics = pd.read_csv(out / "metrics.csv")
@@ -37,6 +39,25 @@ def test_default_run_writes_contract(run_cli, tmp_path: Path):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1, list((out / "wandb").iterdir()) if (out / "wandb").exists() else "no wandb dir"
     assert list(runs[0].glob("*.wandb")), "offline run has no .wandb data file"
+    logged = wandb_run(out)
+    assert logged["exit_code"] == 0
+    media_keys = {f"{key}/_type" for key in ["attention_histogram", "class_distributions", "suspects_grid",
+                                             "suspects", "best/per_class_acc_table", "best/confusion_matrix_table"]}
+    assert {"train_loss", "test_acc", *media_keys} <= logged["history"], logged["history"]
+    assert {"best_acc", "final_acc"} <= logged["summary"], logged["summary"]
+    images = [m for m in logged["media"] if m.startswith("images/")]
+    for key, count in [("attention_histogram", 2), ("class_distributions", 2), ("suspects_grid", 1)]:
+        assert len([m for m in images if m.startswith(f"images/{key}_") and m.endswith(".png")]) == count, images
+    [table] = [m for m in logged["media"] if m.startswith("table/suspects_")]
+    rows = json.loads((runs[0] / "files" / "media" / table).read_text())
+    assert rows["columns"][0] == "image" and "suspicion" in rows["columns"]
+    assert len(rows["data"]) == len(pd.read_csv(out / "suspects.csv"))
+    [staged] = [files for name, files in logged["artifacts"].items() if name.endswith("-suspects")]
+    assert len([p for p, _ in staged if p.startswith("media/images/")]) == len(rows["data"]), staged
+    for _, local in staged:  # the table's images are kept with the run, not in the home directory
+        assert Path(local).is_file() and Path(local).resolve().is_relative_to(out.resolve()), local
+    [(name, local)] = logged["artifacts"]["model-best"]  # referenced in place, not a second copy
+    assert name == "best.pt" and Path(local).resolve() == (out / "checkpoints" / "best.pt").resolve()
     assert not list(tmp_path.glob("*.pt")), "wrote outside the run dir"
 
 

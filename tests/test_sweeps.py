@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import struct
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +11,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 
 from conftest import FAST, ROOT
+from wandb_offline import wandb_run
 from adadf.config import validate_config
 from adadf import task as task_mod
 from adadf.tracking import sweep as sweep_mod
@@ -22,49 +22,6 @@ SWEEPS = ROOT / "sweeps"
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-def wandb_records(run_dir: Path) -> list:
-    """The protobuf records of an offline W&B run (`run-<id>.wandb`: W&B's header, then LevelDB-log
-    framed records in 32 KiB blocks), read without a server."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    [path] = run_dir.glob("run-*.wandb")
-    data, pos, block, buf, records = path.read_bytes(), 7, 32768, b"", []
-    assert data[:4] == b":W&B", data[:7]
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # block trailer padding
-            pos += block - pos % block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        if kind == 0 and length == 0:
-            break
-        buf, pos = buf + data[pos + 7:pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):  # FULL or LAST chunk of a record
-            record = pb.Record()
-            record.ParseFromString(buf)
-            records.append(record)
-            buf = b""
-    return records
-
-
-def wandb_run(job_dir: Path) -> dict:
-    """Group, name, tags, job type, exit code, history and summary keys of a job's offline W&B run."""
-    [run_dir] = (job_dir / "wandb").glob("offline-run-*")
-    out: dict = {"history": set(), "summary": set(), "exit_code": None}
-    for record in wandb_records(run_dir):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            run = record.run
-            out |= {"group": run.run_group, "name": run.display_name, "tags": list(run.tags),
-                    "job_type": run.job_type, "config": {i.key for i in run.config.update}}
-        elif kind == "history":
-            out["history"] |= {i.key or "/".join(i.nested_key) for i in record.history.item}
-        elif kind == "summary":
-            out["summary"] |= {i.key or "/".join(i.nested_key) for i in record.summary.update}
-        elif kind == "exit":
-            out["exit_code"] = record.exit.exit_code
-    return out
-
-
 def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted((p for p in sweep_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
 

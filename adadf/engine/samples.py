@@ -204,7 +204,7 @@ class SampleDetector:
                                                top.get("clean_label", top["label"]))]
         path = plots.image_grid(images, captions, self.run_dir / PLOTS_DIR / "suspects.png",
                                 title=f"most likely mislabelled or ambiguous (by {self.suspects_by})")
-        self.logger.log_image("suspects", path)
+        self.logger.log_image("suspects_grid", path)  # "suspects" is the table
         columns = ["image", *[c for c in top.columns if c != "suspicion"], "suspicion"]
         rows = [[image, *[row[c] for c in columns[1:]]] for image, (_, row) in zip(images, top.iterrows())]
         self.logger.log_table("suspects", columns, rows)

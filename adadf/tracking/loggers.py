@@ -76,11 +76,18 @@ class WandbLogger(Logger):
         self.job_type = job_type
         self.log_checkpoint = log_checkpoint
         self._run = None
+        self._staging: str | None = None
 
     def start(self, run_dir: Path, config: dict[str, Any], run_id: str | None = None) -> None:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        # Offline, W&B stages artifact files (a table's images, best.pt) under ~/.local/share/wandb
+        # until a sync: keep them in the run dir instead, so a run is whole in one place and
+        # `wandb sync` finds them (unless the user chose WANDB_DATA_DIR).
+        self._staging = None
+        if self.mode == "offline" and "WANDB_DATA_DIR" not in os.environ:
+            os.environ["WANDB_DATA_DIR"] = self._staging = str(run_dir / "wandb")
         self._run = wandb.init(
             project=self.project,
             entity=self.entity,
@@ -137,7 +144,8 @@ class WandbLogger(Logger):
         import wandb
 
         artifact = wandb.Artifact(name, type=kind)
-        artifact.add_file(str(path))
+        # best.pt is final when logged (the run's end) and large: referenced in place, not copied.
+        artifact.add_file(str(path), policy="immutable" if kind == "model" else "mutable")
         self._run.log_artifact(artifact)
 
     def log_image(self, name: str, path: Path, epoch: int | None = None) -> None:
@@ -164,3 +172,6 @@ class WandbLogger(Logger):
         if self._run is not None:
             self._run.finish(exit_code=exit_code)
             self._run = None
+        if self._staging is not None and os.environ.get("WANDB_DATA_DIR") == self._staging:
+            del os.environ["WANDB_DATA_DIR"]  # the next run in this process stages in its own dir
+        self._staging = None
