@@ -34,12 +34,19 @@ def list_inputs(spec: str | os.PathLike) -> list[Path]:
     """Image paths from an image file, a folder (images in it and below, sorted) or a list file
     (one path per line, relative paths against the list file's folder; blank and # lines skipped)."""
     from adadf.data.images import is_image_name
+    from adadf.faces.video import is_video_name
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p.name))
+        files = [p for p in path.rglob("*") if p.is_file()]
+        found = sorted(p for p in files if is_image_name(p.name))
+        videos = sorted(p for p in files if is_video_name(p.name))
+        hint = f"; predict a video on its own: input={videos[0]}" if videos else ""
         if not found:
-            raise UserError(f"input={spec}: no image files in this folder")
+            raise UserError(f"input={spec}: no image files in this folder ({len(videos)} videos{hint})")
+        if videos:
+            log.warning("input=%s: %d videos in the folder are not predicted, only its %d images%s",
+                        spec, len(videos), len(found), hint)
         return [p.absolute() for p in found]
     if not path.is_file():
         raise UserError(f"input={spec}: no such file or folder; expected an image, a folder or a list file")

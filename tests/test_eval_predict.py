@@ -21,7 +21,7 @@ from adadf.engine.checkpoint import load_checkpoint
 from adadf.errors import UserError
 from adadf.evaluate import evaluate_checkpoint
 from adadf.models import AdaDF
-from adadf.predict import predict_command
+from adadf.predict import list_inputs, predict_command
 from conftest import CONF, cli_env
 from test_resume import train_here
 
@@ -266,3 +266,17 @@ def test_predict_cli_list_file(trained: Path, tmp_path: Path, image_folder: Path
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     lines = [line for line in bad.stderr.splitlines() if "not found" in line]
     assert len(lines) == 1 and lines[0].startswith(str(tmp_path / "nothing.pt")), bad.stderr
+
+
+def test_videos_in_an_input_folder_are_named_not_silently_dropped(tmp_path: Path, caplog):
+    folder = tmp_path / "inputs"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    (folder / "sub" / "clip.mp4").write_bytes(b"not decoded here")
+    with caplog.at_level("WARNING", logger="adadf.predict"):
+        assert list_inputs(folder) == [(folder / "a.png").absolute()]
+    assert "1 videos in the folder are not predicted" in caplog.text
+    assert f"input={folder / 'sub' / 'clip.mp4'}" in caplog.text
+    (folder / "a.png").unlink()
+    with pytest.raises(UserError, match=r"no image files in this folder \(1 videos; predict a video on its own"):
+        list_inputs(folder)
