@@ -175,9 +175,7 @@ def build(cfg: DictConfig, device: torch.device | None = None, data: DataBundle 
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, data.num_classes)
     model.scale_logits = method.scaled_logits  # the method's head: attention-scaled or plain logits
-    if method.trained_modules is not None:  # parts the method never trains: frozen (optimizer, DDP)
-        for name, param in model.named_parameters():
-            param.requires_grad_(param.requires_grad and name.startswith(method.trained_modules))
+    method.freeze_untrained(model)  # parts the method never trains stay out of the optimizer and DDP
     method.start_from(getattr(model, "imported_state", {}))
     optimizer = instantiate_node(cfg.optimizer, "optimizer")([p for p in model.parameters() if p.requires_grad])
     scheduler = instantiate_node(cfg.scheduler, "scheduler")(optimizer)

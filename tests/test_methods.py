@@ -37,3 +37,18 @@ def test_a_new_method_is_one_module_and_one_yaml(cache_dir, tmp_path):
     state = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert int(state["method"]["steps"]) == 2 * (140 // 16)
     assert "_target_: tiny_method.TinyCrossEntropy" in (out / ".hydra" / "config.yaml").read_text()
+
+
+def test_a_method_that_does_not_fit_the_network_is_one_line(cache_dir, tmp_path):
+    """A method training parts the network lacks: one line naming them and the parts there are."""
+    env = cli_env(cache_dir)
+    env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *FAST, "method=tiny", "method._target_=tiny_method.HeadOnly",
+         f"hydra.searchpath=[file://{PLUGINS / 'conf'}]", f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert ("method (HeadOnly) trains head, which the AdaDF network does not have as a trainable part "
+            "(it has: aux_attention, aux_branch, target_attention, target_branch)") in proc.stderr.splitlines()
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from adadf.config.schema import LDPass
+from adadf.errors import UserError
 
 # Sums per-class statistics across processes (DDP); identity in a single process.
 Reducer = Callable[[Tensor], Tensor]
@@ -37,6 +38,20 @@ class Method:
     def __init__(self, num_classes: int, pretrained: bool = False) -> None:
         self.num_classes = num_classes
         self.pretrained = pretrained
+
+    def freeze_untrained(self, model: nn.Module) -> None:
+        """Freeze what ``trained_modules`` leaves out; refuse, in one line, a network that has none
+        of the parts the method trains (a method that does not fit the backbone)."""
+        if self.trained_modules is None:
+            return
+        trainable = [name for name, param in model.named_parameters() if param.requires_grad]
+        if not any(name.startswith(self.trained_modules) for name in trainable):
+            parts = ", ".join(sorted({name.split(".")[0] for name in trainable}))
+            wanted = ", ".join(prefix.rstrip(".") for prefix in self.trained_modules)
+            raise UserError(f"method ({type(self).__name__}) trains {wanted}, which the {type(model).__name__} "
+                            f"network does not have as a trainable part (it has: {parts})")
+        for name, param in model.named_parameters():
+            param.requires_grad_(param.requires_grad and name.startswith(self.trained_modules))
 
     def loss(self, outputs: Outputs, labels: Tensor, epoch: int, num_images: int) -> dict[str, Tensor | float]:
         """``{'loss': 0-d tensor to backpropagate, <term>: 0-d tensor | float, ...}``.

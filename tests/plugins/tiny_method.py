@@ -26,3 +26,9 @@ class TinyCrossEntropy(Method):
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state["steps"].clone()
+
+
+class HeadOnly(TinyCrossEntropy):
+    """Trains a ``head`` module, which Ada-DF's network does not have: a method that does not fit."""
+
+    trained_modules = ("head.",)
