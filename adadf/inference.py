@@ -182,7 +182,7 @@ def predict_logits(model: AdaDF, images: torch.Tensor, tta: bool = False) -> tor
     x = images.flatten(0, 1)  # [B*K, 3, H, W]
     if tta:
         x = torch.cat([x, x.flip(-1)])  # [2*B*K, ...]: every crop and its mirror image
-    _, target_logits, _ = model(x)
+    target_logits = model(x, target_only=True)
     views = 2 * k if tta else k
     logits = target_logits.float()
     if tta:  # [2, B, K, C] -> [B, 2K, C]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import fakedata
@@ -64,3 +66,13 @@ def test_pipeline_steps_benchmark(tmp_path: Path, monkeypatch, capsys):
     assert len(steps) == 9 and all(math.isfinite(ms) for ms in steps.values())
     assert steps["total"] > 0 and steps["device_total"] > 0
     assert "img/core-s" in capsys.readouterr().out
+
+
+def test_eval_forward_benchmark_times_both_modes(tmp_path: Path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "eval_forward.py"), "--batch", "2",
+                           "--size", "32", "--reps", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rates = {line.split(":")[0].strip(): float(line.split(":")[1].split()[0])
+             for line in proc.stdout.splitlines() if line.strip().endswith("img/s")}
+    assert rates.keys() == {"both branches", "target only"} and all(r > 0 for r in rates.values()), proc.stdout
+    assert proc.stdout.splitlines()[-1].startswith("ratio: ")

@@ -103,6 +103,22 @@ def test_forward_shapes_and_formula():
         torch.testing.assert_close(model.forward_features(x), f0)
 
 
+@pytest.mark.parametrize("scale_logits", [True, False])
+def test_target_only_forward_is_the_target_logits_without_the_aux_branch(scale_logits):
+    model = AdaDF(C).eval()
+    model.scale_logits = scale_logits
+    calls = []
+    model.aux_branch.layer2.register_forward_hook(lambda *_: calls.append("aux_branch"))
+    model.aux_attention.register_forward_hook(lambda *_: calls.append("aux_attention"))
+    x = images()
+    with torch.no_grad():
+        target = model(x, target_only=True)
+        assert calls == []
+        _, z2, _ = model(x)
+        assert calls == ["aux_branch", "aux_attention"]  # the hooks do see the full forward
+    assert torch.equal(target, z2)  # the same operations: bit-identical, not merely close
+
+
 def test_branches_identical_at_init_and_independent():
     model = AdaDF(C)
     aux, target = model.aux_branch.state_dict(), model.target_branch.state_dict()

@@ -187,7 +187,7 @@ def evaluate(
     for images, labels in _batches(loader, ctx, desc):
         x, _, num_images, num_crops = prepare_batch(images, labels, ctx, batch_transform)
         with ctx.autocast():
-            _, target_logits, _ = model(x)
+            target_logits = model(x, target_only=True)
         logits = target_logits.float().view(num_images, num_crops, -1).mean(1)  # [B, C]
         labels = labels.to(ctx.device)
         confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)
