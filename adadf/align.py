@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from adadf.cli import job
+from adadf.cli import job, set_torch_threads, workers_option
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -275,28 +275,11 @@ def align_command(cfg: DictConfig) -> dict[str, Any]:
                              no_face=str(cfg.no_face), quality=int(cfg.quality))
     settings.check()
     check_roots(input_root, output_root)  # before the detector loads: a wrong path fails fast
-    _set_threads(cfg.get("torch_threads"))
+    set_torch_threads(cfg.get("torch_threads"))
     detector = build_detector(OmegaConf.to_container(cfg.detector, resolve=True))
-    workers = _workers(cfg.workers)
+    workers = workers_option(cfg.workers)
     return align_tree(input_root, output_root, detector, settings, workers=workers,
                       progress=bool(cfg.progress), report=Path(_absolute(cfg.report)) if cfg.report else None)
-
-
-def _workers(value: Any) -> int:
-    if str(value) == "auto":
-        return os.cpu_count() or 1
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"workers={value}: expected auto or an integer >= 1") from None
-
-
-def _set_threads(threads: int | None) -> None:
-    """Torch's intra-op threads for the detector (null: torch's default, one per core)."""
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(max(1, int(threads)))
 
 
 def _absolute(path: str) -> str:

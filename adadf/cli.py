@@ -63,6 +63,27 @@ def one_line(err: BaseException) -> str | None:
     return None
 
 
+def workers_option(value: Any, key: str = "workers") -> int:
+    """A command's ``workers=auto|N`` (auto: one per CPU core)."""
+    if str(value) == "auto":
+        return os.cpu_count() or 1
+    try:
+        workers = int(value)
+    except (TypeError, ValueError):
+        workers = 0
+    if workers < 1:
+        raise UserError(f"{key}={value}: expected auto or an integer >= 1")
+    return workers
+
+
+def set_torch_threads(threads: Any) -> None:
+    """Torch's intra-op threads (per worker thread of a command; None: torch's default, one per core)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, int(threads)))
+
+
 def launch(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` function as a command."""
     register_schemas()

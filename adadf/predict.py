@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from adadf.cli import job
+from adadf.cli import job, set_torch_threads, workers_option
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -228,13 +229,15 @@ class FacePredictor:
         self.mode, self.model_size, self.auto_factor, self.padding = mode, model_size, auto_factor, padding
         self.detector_config, self.tta, self.device = detector_config, tta, device
         self._detector = None
+        self._lock = threading.Lock()  # worker threads share one detector, built once
 
     @property
     def detector(self):
-        if self._detector is None:
-            from adadf.faces import build_detector
+        with self._lock:
+            if self._detector is None:
+                from adadf.faces import build_detector
 
-            self._detector = build_detector(self.detector_config)
+                self._detector = build_detector(self.detector_config)
         return self._detector
 
     def __call__(self, image) -> tuple[list, torch.Tensor]:
@@ -302,35 +305,48 @@ def _save_image(image, path: Path) -> None:
 
 def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: Sequence[str], *,
                         annotate_dir: Path | None = None, root: Path | None = None,
-                        progress: bool = True) -> dict[str, Any]:
+                        progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """Rows for every region of every image; unreadable images and images without a face are
     warned about (one line each) and listed. ``annotate_dir``: a copy of each image with boxes and
-    labels, at its path relative to ``root`` (the input folder) or under its own name."""
+    labels, at its path relative to ``root`` (the input folder) or under its own name. ``workers``
+    threads each read, detect and predict one image at a time; the rows keep the input order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     from adadf.data.images import load_rgb
+
+    def one(path: Path) -> tuple[Any, Any, Path | None]:
+        try:
+            image = load_rgb(path)
+        except UserError as err:
+            return err, None, None
+        regions, probs = predictor(image)
+        target = None
+        if annotate_dir is not None:
+            rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
+            target = annotate_dir / rel
+            _save_image(_draw(image, regions, probs, names), target)
+        return regions, probs, target
 
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     no_face: list[str] = []
     annotated: list[str] = []
-    for path in tqdm(paths, desc="predict", unit="img", disable=not progress or len(paths) < 2):
-        try:
-            image = load_rgb(path)
-        except UserError as err:
-            log.warning("skipped %s", err)
-            skipped.append(str(path))
-            continue
-        regions, probs = predictor(image)
-        if not regions:
-            log.warning("%s: no face found", path)
-            no_face.append(str(path))
-        rows += face_rows(path, regions, probs, names)
-        if annotate_dir is not None:
-            rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
-            target = annotate_dir / rel
-            _save_image(_draw(image, regions, probs, names), target)
-            annotated.append(str(target))
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(paths), desc="predict", unit="img", disable=not progress or len(paths) < 2) as bar:
+        for path, (regions, probs, target) in zip(paths, pool.map(one, paths)):  # torch, Pillow release the GIL
+            bar.update()
+            if isinstance(regions, UserError):
+                log.warning("skipped %s", regions)
+                skipped.append(str(path))
+                continue
+            if not regions:
+                log.warning("%s: no face found", path)
+                no_face.append(str(path))
+            rows += face_rows(path, regions, probs, names)
+            if target is not None:
+                annotated.append(str(target))
     return {"rows": rows, "skipped": skipped, "no_face": no_face, "annotated": annotated}
 
 
@@ -390,6 +406,7 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
     every = int(cfg.get("every", 1))
     if every < 1:
         raise UserError(f"every={every}: expected an integer >= 1")
+    workers = workers_option(cfg.get("workers", 1))
     predictor = FacePredictor(
         model, transform, mode=str(cfg.get("faces", "auto")), model_size=model_size,
         auto_factor=float(cfg.get("auto_factor", 2.0)), padding=float(cfg.get("padding", 0.1)),
@@ -403,8 +420,9 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
         log.info("%d faces in %d frames of %s -> %s", len(result["rows"]), result["frames"], source, out)
         return {"predictions": out, "num_predicted": len(result["rows"]), **result}
     root = source if source.is_dir() else None
+    set_torch_threads(cfg.get("torch_threads"))  # per worker thread (a video is one thread: left as it is)
     result = predict_face_images(predictor, paths, names, annotate_dir=out.parent / "annotated" if annotate else None,
-                                 root=root, progress=progress)
+                                 root=root, progress=progress, workers=workers)
     if len(result["skipped"]) == len(paths):
         raise UserError(f"input={cfg.input}: none of the {len(paths)} images could be read (see the warnings)")
     write_face_predictions(result["rows"], names, out)

@@ -395,6 +395,36 @@ def test_predict_face_modes(checkpoint: Path, photos: Path, tmp_path: Path):
     assert list(pd.read_csv(tmp_path / "crops" / "predictions.csv").columns[:3]) == PLAIN_COLUMNS
 
 
+def test_predict_faces_in_worker_threads_keeps_rows_and_order(checkpoint: Path, photos: Path, tmp_path: Path,
+                                                              monkeypatch):
+    import threading
+
+    import pandas as pd
+
+    from adadf import predict
+
+    for i, image in enumerate(lfw_images(faces=True, count=6)):
+        image.save(photos / f"lfw_{i}.png")
+    threads: set[int] = set()
+    call = predict.FacePredictor.__call__
+    monkeypatch.setattr(predict.FacePredictor, "__call__",
+                        lambda self, image: threads.add(threading.get_ident()) or call(self, image))
+    frames = {}
+    for workers in (1, 3):
+        threads.clear()
+        out = tmp_path / f"workers{workers}"
+        result = predict.predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect", "annotate=true",
+                                                     f"workers={workers}"), out)
+        assert (len(threads) == 1) if workers == 1 else (len(threads) > 1), threads
+        assert result["skipped"] == [str(photos / "broken.jpg")] and result["no_face"] == [str(photos / "grass.png")]
+        assert len(result["annotated"]) == 1 + 6 + 2  # astronaut, six LFW faces, grass and the group
+        frames[workers] = pd.read_csv(out / "predictions.csv")
+    assert len(frames[3]) == 1 + 6 + 2 and frames[3]["path"].is_monotonic_increasing  # the input's order
+    pd.testing.assert_frame_equal(frames[1], frames[3])
+    with pytest.raises(UserError, match="workers=0: expected auto or an integer >= 1"):
+        predict.predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect", "workers=0"), tmp_path / "w")
+
+
 def test_predict_faces_bad_input(checkpoint: Path, photos: Path, tmp_path: Path, monkeypatch):
     from adadf.predict import predict_command
 
