@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
-from adadf.cli import job, set_torch_threads, workers_option
+from adadf.cli import job, torch_threads, workers_option
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -275,11 +275,11 @@ def align_command(cfg: DictConfig) -> dict[str, Any]:
                              no_face=str(cfg.no_face), quality=int(cfg.quality))
     settings.check()
     check_roots(input_root, output_root)  # before the detector loads: a wrong path fails fast
-    set_torch_threads(cfg.get("torch_threads"))
-    detector = build_detector(OmegaConf.to_container(cfg.detector, resolve=True))
     workers = workers_option(cfg.workers)
-    return align_tree(input_root, output_root, detector, settings, workers=workers,
-                      progress=bool(cfg.progress), report=Path(_absolute(cfg.report)) if cfg.report else None)
+    with torch_threads(cfg.get("torch_threads")):
+        detector = build_detector(OmegaConf.to_container(cfg.detector, resolve=True))
+        return align_tree(input_root, output_root, detector, settings, workers=workers,
+                          progress=bool(cfg.progress), report=Path(_absolute(cfg.report)) if cfg.report else None)
 
 
 def _absolute(path: str) -> str:

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from adadf.cli import job, set_torch_threads, workers_option
+from adadf.cli import job, torch_threads, workers_option
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -420,9 +420,9 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
         log.info("%d faces in %d frames of %s -> %s", len(result["rows"]), result["frames"], source, out)
         return {"predictions": out, "num_predicted": len(result["rows"]), **result}
     root = source if source.is_dir() else None
-    set_torch_threads(cfg.get("torch_threads"))  # per worker thread (a video is one thread: left as it is)
-    result = predict_face_images(predictor, paths, names, annotate_dir=out.parent / "annotated" if annotate else None,
-                                 root=root, progress=progress, workers=workers)
+    with torch_threads(cfg.get("torch_threads")):  # per worker thread (a video is one thread: left as it is)
+        result = predict_face_images(predictor, paths, names, root=root, progress=progress, workers=workers,
+                                     annotate_dir=out.parent / "annotated" if annotate else None)
     if len(result["skipped"]) == len(paths):
         raise UserError(f"input={cfg.input}: none of the {len(paths)} images could be read (see the warnings)")
     write_face_predictions(result["rows"], names, out)

@@ -400,25 +400,39 @@ def test_predict_faces_in_worker_threads_keeps_rows_and_order(checkpoint: Path, 
     import threading
 
     import pandas as pd
+    import torch
 
     from adadf import predict
 
     for i, image in enumerate(lfw_images(faces=True, count=6)):
         image.save(photos / f"lfw_{i}.png")
     threads: set[int] = set()
+    torch_threads: set[int] = set()
     call = predict.FacePredictor.__call__
-    monkeypatch.setattr(predict.FacePredictor, "__call__",
-                        lambda self, image: threads.add(threading.get_ident()) or call(self, image))
+
+    def recording_call(self, image):
+        threads.add(threading.get_ident())
+        torch_threads.add(torch.get_num_threads())
+        return call(self, image)
+
+    monkeypatch.setattr(predict.FacePredictor, "__call__", recording_call)
     frames = {}
-    for workers in (1, 3):
-        threads.clear()
-        out = tmp_path / f"workers{workers}"
-        result = predict.predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect", "annotate=true",
-                                                     f"workers={workers}"), out)
-        assert (len(threads) == 1) if workers == 1 else (len(threads) > 1), threads
-        assert result["skipped"] == [str(photos / "broken.jpg")] and result["no_face"] == [str(photos / "grass.png")]
-        assert len(result["annotated"]) == 1 + 6 + 2  # astronaut, six LFW faces, grass and the group
-        frames[workers] = pd.read_csv(out / "predictions.csv")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for workers in (1, 3):
+            threads.clear()
+            out = tmp_path / f"workers{workers}"
+            result = predict.predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect",
+                                                         "annotate=true", f"workers={workers}"), out)
+            assert (len(threads) == 1) if workers == 1 else (len(threads) > 1), threads
+            assert torch_threads == {1} and torch.get_num_threads() == 2  # torch_threads=1 inside, restored after
+            assert result["skipped"] == [str(photos / "broken.jpg")]
+            assert result["no_face"] == [str(photos / "grass.png")]
+            assert len(result["annotated"]) == 1 + 6 + 2  # astronaut, six LFW faces, grass and the group
+            frames[workers] = pd.read_csv(out / "predictions.csv")
+    finally:
+        torch.set_num_threads(before)
     assert len(frames[3]) == 1 + 6 + 2 and frames[3]["path"].is_monotonic_increasing  # the input's order
     pd.testing.assert_frame_equal(frames[1], frames[3])
     with pytest.raises(UserError, match="workers=0: expected auto or an integer >= 1"):
