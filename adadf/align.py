@@ -38,6 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from tqdm import tqdm
 
+from adadf.atomic import atomic_path, save_image
 from adadf.cli import job, torch_threads, workers_option
 from adadf.errors import UserError
 
@@ -119,16 +120,13 @@ def walk_tree(root: Path) -> tuple[list[str], list[str], list[str]]:
 
 def copy_file(src: Path, dst: Path) -> bool:
     """Copy a non-image file (atomically) unless ``dst`` is already the same size and not older."""
-    from adadf.atomic import atomic_path
-
     try:
         if dst.exists():
             s, d = src.stat(), dst.stat()
             if s.st_size == d.st_size and d.st_mtime >= s.st_mtime:
                 return False
         with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-            shutil.copystat(src, tmp)
+            shutil.copy2(src, tmp)  # contents and times
     except OSError as err:
         log.warning("%s: cannot copy to %s (%s)", src, dst, err.strerror or err)
         return False
@@ -142,18 +140,6 @@ def centre_square(image: Image.Image, size: int) -> Image.Image:
     left, top = (image.width - side) // 2, (image.height - side) // 2
     return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side),
                         reducing_gap=3.0)
-
-
-def save_image(image: Image.Image, path: Path, quality: int) -> None:
-    """Atomic save in the format of ``path``'s suffix (the temp file's own suffix says nothing)."""
-    from adadf.atomic import atomic_path
-
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise UserError(f"{path}: no image format for the suffix {path.suffix!r}")
-    options: dict[str, Any] = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
-    with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **options)
 
 
 def align_image(src: Path, dst: Path, rel: str, detector, settings: AlignSettings) -> ReportRow | None:

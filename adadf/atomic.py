@@ -53,3 +53,22 @@ def stale_temp_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if _TEMP_NAME.match(p.name) and p.is_file())
+
+
+def save_image(image, path: Path, quality: int = 95, *, jpeg_fallback: bool = False) -> Path:
+    """An atomic PIL save in the format of ``path``'s suffix (the temp file's own suffix says
+    nothing); returns the path written. A suffix with no writable format: a ``.jpg`` beside it with
+    ``jpeg_fallback``, else one line naming the file."""
+    from PIL import Image
+
+    from adadf.errors import UserError
+
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if jpeg_fallback and fmt not in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
+        path, fmt = path.with_suffix(".jpg"), "JPEG"
+    if fmt is None:
+        raise UserError(f"{path}: no image format for the suffix {path.suffix!r}")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    return path

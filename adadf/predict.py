@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from adadf.atomic import save_image
 from adadf.cli import job, torch_threads, workers_option
 from adadf.errors import UserError
 
@@ -290,19 +291,6 @@ def _draw(image, regions: Sequence, probs: torch.Tensor, names: Sequence[str]):
     return annotate(image, [r.box for r in regions], _labels(regions, probs, names), landmarks)
 
 
-def _save_image(image, path: Path) -> None:
-    """Atomic save, format from ``path``'s suffix (JPEG for anything PIL cannot write)."""
-    from PIL import Image
-
-    from adadf.atomic import atomic_path
-
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt not in ("JPEG", "PNG", "WEBP", "BMP", "TIFF"):
-        path, fmt = path.with_suffix(".jpg"), "JPEG"
-    with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt, **({"quality": 90} if fmt in ("JPEG", "WEBP") else {}))
-
-
 def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: Sequence[str], *,
                         annotate_dir: Path | None = None, root: Path | None = None,
                         progress: bool = True, workers: int = 1) -> dict[str, Any]:
@@ -325,8 +313,7 @@ def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: 
         target = None
         if annotate_dir is not None:
             rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
-            target = annotate_dir / rel
-            _save_image(_draw(image, regions, probs, names), target)
+            target = save_image(_draw(image, regions, probs, names), annotate_dir / rel, 90, jpeg_fallback=True)
         return regions, probs, target
 
     rows: list[dict[str, Any]] = []
