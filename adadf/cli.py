@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from adadf.config import register_schemas
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -33,8 +33,8 @@ def _config_error(err: BaseException) -> str:
     cause = err.__cause__ if isinstance(err.__cause__, OmegaConfBaseException) else err
     key = getattr(cause, "full_key", None)
     schema = getattr(cause, "object_type", None)
-    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    override = re.search(r"override (\S+)", str(err).splitlines()[0]) if str(err).strip() else None
+    reason = first_line(cause)
+    override = re.search(r"override (\S+)", first_line(err))
     if key and schema is not None and dataclasses.is_dataclass(schema) and " not in " in reason:
         names = ", ".join(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
         return f"{key}: unknown key (expected one of {names})"

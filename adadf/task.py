@@ -33,7 +33,7 @@ from adadf.config import validate_config
 from adadf.engine import distributed
 from adadf.engine.interrupt import StopRequested
 from adadf.engine.rundir import RunDirBusy, RunLock
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 from adadf.tracking import RunFiles
 from adadf.train import ResumePoint, RunInterrupted, TrainingRun, check_resume, find_resume_checkpoint
 
@@ -53,7 +53,7 @@ def _empty_summary(status: str, wall_time_s: float) -> dict[str, Any]:
 
 
 def _error_line(err: BaseException) -> str:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    first = first_line(err, empty="")
     kind = "" if isinstance(err, UserError) else type(err).__name__
     return ": ".join(part for part in (kind, first) if part)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ class UnreadableCheckpoint(UserError):
     """The file exists but does not decode: truncated, corrupt or not a PyTorch file."""
 
 
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
-    return f"{type(err).__name__}: {text[:limit]}"
+def describe(err: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message`` for a one-line error about a file."""
+    return f"{type(err).__name__}: {first_line(err, 'no detail', limit)}"
 
 
 def read_torch_file(path: str | Path, *, trusted: bool = False) -> dict:
@@ -48,7 +48,7 @@ def read_torch_file(path: str | Path, *, trusted: bool = False) -> dict:
                 obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any decoding failure is a bad file from the user
         raise UnreadableCheckpoint(
-            f"{path}: cannot read checkpoint (truncated, corrupt or not a PyTorch file): {_first_line(err)}"
+            f"{path}: cannot read checkpoint (truncated, corrupt or not a PyTorch file): {describe(err)}"
         ) from None
     if not isinstance(obj, Mapping):
         raise UserError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}")

@@ -18,7 +18,7 @@ from adadf.engine import distributed
 from adadf.engine.checkpoint import load_checkpoint, seed_everything
 from adadf.engine.interrupt import StopFlag
 from adadf.engine.trainer import Trainer
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 from adadf.tracking import RunFiles
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class TrainingRun:
             try:
                 self.trainer.load_state_dict(state)
             except (RuntimeError, KeyError, ValueError) as err:
-                raise UserError(f"{resume_from}: does not fit this config ({str(err).splitlines()[0]})") from None
+                raise UserError(f"{resume_from}: does not fit this config ({first_line(err)})") from None
             run_id = state.get("wandb_run_id")
             if world.rank:  # the checkpoint holds rank 0's RNG state; keep this rank's stream its own
                 seed_everything(rank_seed + self.trainer.progress.epoch)

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from adadf.config.fields import check_ranges
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 
 def typed_group(cfg: DictConfig, key: str) -> Any:
@@ -20,7 +20,7 @@ def typed_group(cfg: DictConfig, key: str) -> Any:
         obj = OmegaConf.to_object(node) if isinstance(node, DictConfig) else node
     except OmegaConfBaseException as err:
         sub = getattr(err, "full_key", None) or key
-        raise UserError(f"{sub}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"{sub}: {first_line(err)}") from None
     if dataclasses.is_dataclass(obj):
         fields = [f.name for f in dataclasses.fields(obj)]
         extra = [k for k in node if k not in fields]  # `+group.key=...` gets past the schema

@@ -28,7 +28,7 @@ from adadf.data.bundle import DataBundle
 from adadf.data.cache import cache_dir as adadf_cache_dir
 from adadf.data.images import build_image_bundle, is_image_name, list_dir, resolve_root
 from adadf.data.index import ImageIndex
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def read_label(path: Path) -> int:
     try:
         value = np.load(path, allow_pickle=False)
     except Exception as err:  # noqa: BLE001 - any failure to read is a bad file from the user
-        raise UserError(f"{path}: cannot read the label file ({str(err).splitlines()[0] if str(err) else err})") \
-            from None
+        raise UserError(f"{path}: cannot read the label file ({first_line(err)})") from None
     try:
         if value.size != 1:
             raise ValueError

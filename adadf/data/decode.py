@@ -11,7 +11,7 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
 
@@ -29,12 +29,6 @@ class UnreadableImage(UserError):
             last = [line for line in message.strip().splitlines() if line.strip()][-1]
             message = last.split(f"{type(self).__name__}: ", 1)[-1]
         super().__init__(message)
-
-
-def reason(err: BaseException) -> str:
-    """The first line of a decoder error (Pillow's messages can span lines)."""
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 HIGH_BIT_DEPTH = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -75,7 +69,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         with Image.open(path) as image:
             return to_rgb(image)
     except DECODE_ERRORS as err:
-        raise UnreadableImage(f"{path}: cannot read image ({reason(err)})") from None
+        raise UnreadableImage(f"{path}: cannot read image ({first_line(err)})") from None
 
 
 def check_decodes(path: str | os.PathLike) -> None:
@@ -86,7 +80,7 @@ def check_decodes(path: str | os.PathLike) -> None:
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
     except DECODE_ERRORS as err:
-        raise UnreadableImage(f"{path}: cannot read image ({reason(err)})") from None
+        raise UnreadableImage(f"{path}: cannot read image ({first_line(err)})") from None
 
 
 def larger_side(path: str | os.PathLike) -> int:

@@ -89,10 +89,9 @@ from adadf.data.batch_randaugment import BatchRandAugment, to_device
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir
 from adadf.data.decode import larger_side, load_rgb
-from adadf.data.decode import reason as decode_reason
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +181,7 @@ def cache_problem(path: Path, shape: tuple[int, ...]) -> str | None:
         del cached
         expected = digest_path(path).read_text().split()[0]
     except (OSError, ValueError, IndexError) as err:
-        return f"unreadable or without its digest ({decode_reason(err)})"
+        return f"unreadable or without its digest ({first_line(err)})"
     if file_digest(path) != expected:
         return f"content does not match its digest {digest_path(path).name} (changed on disk)"
     return None

@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from adadf.atomic import atomic_path
-from adadf.errors import UserError
+from adadf.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +39,6 @@ def _av():
     except ImportError:
         raise UserError("video input needs the PyAV package (pip install av; it is an adadf dependency)") from None
     return av
-
-
-def _reason(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 @dataclass
@@ -73,7 +68,7 @@ def probe(path: str | Path) -> VideoInfo:
             return VideoInfo(frames=stream.frames or None, fps=Fraction(rate), width=stream.width,
                              height=stream.height)
     except av.error.FFmpegError as err:
-        raise UnreadableVideo(f"{path}: cannot decode video ({_reason(err)})") from None
+        raise UnreadableVideo(f"{path}: cannot decode video ({first_line(err)})") from None
 
 
 def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | None = None) -> Iterator[Frame]:
@@ -88,7 +83,7 @@ def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | 
     try:
         container = av.open(str(path))
     except av.error.FFmpegError as err:
-        raise UnreadableVideo(f"{path}: cannot decode video ({_reason(err)})") from None
+        raise UnreadableVideo(f"{path}: cannot decode video ({first_line(err)})") from None
     with container:
         if not container.streams.video:
             raise UnreadableVideo(f"{path}: no video stream in this file")
@@ -103,8 +98,8 @@ def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | 
                     yield Frame(index, time_s, decoded.to_image().convert("RGB"))
         except av.error.FFmpegError as err:
             if index < 0:
-                raise UnreadableVideo(f"{path}: cannot decode video ({_reason(err)})") from None
-            log.warning("%s: decoding stopped after frame %d (%s)", path, index, _reason(err))
+                raise UnreadableVideo(f"{path}: cannot decode video ({first_line(err)})") from None
+            log.warning("%s: decoding stopped after frame %d (%s)", path, index, first_line(err))
         if index < 0:
             raise UnreadableVideo(f"{path}: cannot decode video (no frames)")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from adadf.errors import UserError
-from adadf.torchfile import read_torch_file
+from adadf.torchfile import describe, read_torch_file
 from adadf.models.adadf import BRANCH_LAYERS, TRUNK_LAYERS, AdaDF
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,6 @@ _BN_COUNTER = "num_batches_tracked"
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _first_line(err: BaseException, limit: int = 160) -> str:
-    text = str(err).strip().splitlines()
-    msg = text[0] if text else ""
-    msg = msg if len(msg) <= limit else msg[: limit - 3] + "..."
-    return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
-
-
 def _format_keys(keys: Iterable[str], limit: int = 3) -> str:
     keys = list(keys)
     shown = ", ".join(keys[:limit])
@@ -120,7 +113,7 @@ def _class_distributions(model: AdaDF, path: Path, value: object) -> torch.Tenso
     try:
         ld = torch.as_tensor(value).detach().to(device="cpu", dtype=torch.float32).clone()
     except (TypeError, ValueError, RuntimeError) as err:
-        raise UserError(f"{path}: class_distributions is not a tensor ({_first_line(err)})") from None
+        raise UserError(f"{path}: class_distributions is not a tensor ({describe(err)})") from None
     c = model.num_classes
     if tuple(ld.shape) != (c, c):
         raise UserError(f"{path}: class_distributions has shape {tuple(ld.shape)}, expected ({c}, {c})")
