@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from adadf.atomic import save_image
 from adadf.cli import job, torch_threads, workers_option
 from adadf.errors import UserError
+from adadf.faces.detector import LANDMARK_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +163,16 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     source = Path(_absolute(cfg.input, to_absolute_path))
     paths = None if _is_video(source) else list_inputs(source)
     model_size = int(dataset.get("image_size") or 0)
-    if paths is None or uses_faces(str(cfg.get("faces", "none")), paths, model_size,
-                                   float(cfg.get("auto_factor", 2.0))):
-        out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
-        return predict_faces_command(cfg, model, inference.image_transform(dataset), names, model_size, device,
-                                     source, paths, out)
+    transform = inference.image_transform(dataset)
+    out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
+    if paths is None or uses_faces(str(cfg.faces), paths, model_size, float(cfg.auto_factor)):
+        return predict_faces_command(cfg, model, transform, names, model_size, device, source, paths, out)
     done, probs, skipped = predict_files(
-        model, paths, inference.image_transform(dataset), tta=bool(cfg.tta),
+        model, paths, transform, tta=bool(cfg.tta),
         batch_size=int(cfg.batch_size), num_workers=int(cfg.num_workers), device=device,
     )
     if not done:
         raise UserError(f"input={cfg.input}: none of the {len(paths)} images could be read (see the warnings)")
-    out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
     write_predictions(done, probs, names, out)
     log.info("%d images predicted%s -> %s", len(done),
              f", {len(skipped)} unreadable skipped" if skipped else "", out)
@@ -183,8 +182,7 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ faces
 # faces=detect|auto, and video input: every face found in a photo or frame is aligned like
 # adadf-align does and predicted on its own (docs/faces.md).
-LANDMARK_COLUMNS = [f"{name}_{axis}" for name in ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-                    for axis in ("x", "y")]
+LANDMARK_COLUMNS = [f"{name}_{axis}" for name in LANDMARK_NAMES for axis in ("x", "y")]
 
 
 def _is_video(path: Path) -> bool:
@@ -194,13 +192,13 @@ def _is_video(path: Path) -> bool:
 
 
 def _image_size(path: Path) -> tuple[int, int] | None:
-    """Width and height from the file header (nothing decoded); None when unreadable."""
-    from PIL import Image
+    """Width and height from the file header (nothing decoded); None when unreadable (reported
+    when the image is decoded for real)."""
+    from adadf.data.decode import image_size
 
     try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception:  # reported when the image is decoded for real
+        return image_size(path)
+    except UserError:
         return None
 
 
@@ -209,9 +207,8 @@ def uses_faces(mode: str, paths: Sequence[Path], model_size: int, auto_factor: f
     at least one image is a photo rather than a face crop (:func:`adadf.faces.wants_detection`)."""
     from adadf.faces import wants_detection
 
-    wants_detection(mode, (0, 0), model_size)  # validates the mode
     if mode != "auto":
-        return mode == "detect"
+        return wants_detection(mode, (0, 0), model_size)  # also refuses an unknown mode
     sizes = (_image_size(p) for p in paths)
     return any(size is not None and wants_detection(mode, size, model_size, auto_factor) for size in sizes)
 
@@ -280,7 +277,7 @@ def face_rows(path: Path, regions: Sequence, probs: torch.Tensor, names: Sequenc
     return rows
 
 
-def _labels(regions: Sequence, probs: torch.Tensor, names: Sequence[str]) -> list[str]:
+def _labels(probs: torch.Tensor, names: Sequence[str]) -> list[str]:
     return [f"{i}: {names[int(p.argmax())]} {float(p.max()):.2f}" for i, p in enumerate(probs)]
 
 
@@ -288,7 +285,7 @@ def _draw(image, regions: Sequence, probs: torch.Tensor, names: Sequence[str]):
     from adadf.faces.draw import annotate
 
     landmarks = [r.face.landmarks if r.face is not None else None for r in regions]
-    return annotate(image, [r.box for r in regions], _labels(regions, probs, names), landmarks)
+    return annotate(image, [r.box for r in regions], _labels(probs, names), landmarks)
 
 
 def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: Sequence[str], *,
@@ -353,10 +350,9 @@ def predict_face_video(predictor: FacePredictor, path: Path, names: Sequence[str
     predicted = 0
     with contextlib.ExitStack() as stack:
         write = stack.enter_context(video_writer(annotate_to, info.fps)) if annotate_to is not None else None
-        keep_all = (lambda i: True) if write is not None else None
         bar = stack.enter_context(tqdm(total=info.frames, desc="video", unit="frame", disable=not progress))
         regions, probs = [], torch.zeros(0, 0)
-        for frame in read_frames(path, every=every, keep=keep_all):
+        for frame in read_frames(path, every=1 if write is not None else every):  # annotating: every frame
             bar.update()
             if frame.index % every == 0:
                 regions, probs = predictor(frame.image)
@@ -390,16 +386,15 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
     """predict_command's face path: ``paths`` None means ``source`` is a video."""
     from omegaconf import OmegaConf
 
-    every = int(cfg.get("every", 1))
+    every = int(cfg.every)
     if every < 1:
         raise UserError(f"every={every}: expected an integer >= 1")
-    workers = workers_option(cfg.get("workers", 1))
+    workers = workers_option(cfg.workers)
     predictor = FacePredictor(
-        model, transform, mode=str(cfg.get("faces", "auto")), model_size=model_size,
-        auto_factor=float(cfg.get("auto_factor", 2.0)), padding=float(cfg.get("padding", 0.1)),
+        model, transform, mode=str(cfg.faces), model_size=model_size,
+        auto_factor=float(cfg.auto_factor), padding=float(cfg.padding),
         detector_config=OmegaConf.to_container(cfg.detector, resolve=True), tta=bool(cfg.tta), device=device)
-    annotate = bool(cfg.get("annotate", False))
-    progress = bool(cfg.get("progress", True))
+    annotate, progress = bool(cfg.annotate), bool(cfg.progress)
     if paths is None:
         video_out = out.parent / f"{source.stem}_annotated.mp4" if annotate else None
         result = predict_face_video(predictor, source, names, every=every, annotate_to=video_out, progress=progress)
@@ -407,7 +402,7 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
         log.info("%d faces in %d frames of %s -> %s", len(result["rows"]), result["frames"], source, out)
         return {"predictions": out, "num_predicted": len(result["rows"]), **result}
     root = source if source.is_dir() else None
-    with torch_threads(cfg.get("torch_threads")):  # per worker thread (a video is one thread: left as it is)
+    with torch_threads(cfg.torch_threads):  # per worker thread (a video is one thread: left as it is)
         result = predict_face_images(predictor, paths, names, root=root, progress=progress, workers=workers,
                                      annotate_dir=out.parent / "annotated" if annotate else None)
     if len(result["skipped"]) == len(paths):

@@ -83,10 +83,10 @@ def check_decodes(path: str | os.PathLike) -> None:
         raise UnreadableImage(f"{path}: cannot read image ({first_line(err)})") from None
 
 
-def larger_side(path: str | os.PathLike) -> int:
-    """The larger side of an image, read from its header only."""
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image, read from its header only; one line naming an unreadable file."""
     try:
         with Image.open(path) as image:
-            return max(image.size)
-    except OSError:
-        return max(load_rgb(path).size)  # raises the one-line UnreadableImage
+            return image.size
+    except OSError as err:
+        raise UnreadableImage(f"{path}: cannot read image ({first_line(err)})") from None

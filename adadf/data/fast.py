@@ -88,7 +88,7 @@ from adadf.atomic import atomic_open, atomic_path
 from adadf.data.batch_randaugment import BatchRandAugment, to_device
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir
-from adadf.data.decode import larger_side, load_rgb
+from adadf.data.decode import image_size, load_rgb
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
 from adadf.errors import UserError, first_line
@@ -104,7 +104,7 @@ ERASING_RATIO = (0.3, 3.3)  # torchvision RandomErasing's default, as the refere
 # --------------------------------------------------------------------------------------------
 def native_size(index: ImageIndex) -> int:
     """The larger side of the split's first image (read from its header only)."""
-    return larger_side(index.absolute(0))
+    return max(image_size(index.absolute(0)))
 
 
 def cache_key(index: ImageIndex, size: int, shorter_side: bool = False) -> str:
@@ -138,15 +138,8 @@ def shorter_side_size(width: int, height: int, size: int) -> tuple[int, int]:
 
 
 def image_sizes(index: ImageIndex) -> list[tuple[int, int]]:
-    """(width, height) of every image of ``index``, from the headers (a full decode where that fails)."""
-    sizes = []
-    for i in range(len(index)):
-        try:
-            with Image.open(index.absolute(i)) as image:
-                sizes.append(image.size)
-        except OSError:
-            sizes.append(load_rgb(index.absolute(i)).size)  # raises the one-line UnreadableImage
-    return sizes
+    """(width, height) of every image of ``index``, from the headers."""
+    return [image_size(index.absolute(i)) for i in range(len(index))]
 
 
 def _decode_frame(path: Path, size: int, frame: tuple[int, int]) -> np.ndarray:

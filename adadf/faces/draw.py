@@ -13,7 +13,7 @@ def annotate(image: Image.Image, boxes: Sequence[Sequence[float]], labels: Seque
              landmarks: Sequence | None = None) -> Image.Image:
     """A copy of ``image`` with each box (x1, y1, x2, y2) outlined and its label above it (inside
     the image), and the landmarks [5, 2] as dots when given. Line and text scale with the image."""
-    out = image.convert("RGB").copy()
+    out = image.convert("RGB")  # a copy, also when the image is RGB already
     draw = ImageDraw.Draw(out)
     side = max(out.width, out.height)
     width = max(2, side // 300)

@@ -95,7 +95,7 @@ def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | 
                 index += 1
                 if index % every == 0 or (keep is not None and keep(index)):
                     time_s = float(decoded.time) if decoded.time is not None else 0.0
-                    yield Frame(index, time_s, decoded.to_image().convert("RGB"))
+                    yield Frame(index, time_s, decoded.to_image())
         except av.error.FFmpegError as err:
             if index < 0:
                 raise UnreadableVideo(f"{path}: cannot decode video ({first_line(err)})") from None
@@ -123,7 +123,7 @@ def video_writer(path: str | Path, fps: Fraction | float = DEFAULT_FPS) -> Itera
                     stream.pix_fmt = "yuv420p"
                 if (image.width, image.height) != (stream.width, stream.height):
                     image = image.crop((0, 0, stream.width, stream.height))
-                for packet in stream.encode(av.VideoFrame.from_image(image.convert("RGB"))):
+                for packet in stream.encode(av.VideoFrame.from_image(image if image.mode == "RGB" else image.convert("RGB"))):
                     container.mux(packet)
 
             yield write
