@@ -39,8 +39,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from adadf.atomic import atomic_path, save_image
-from adadf.cli import job, torch_threads, workers_option
+from adadf.cli import job, workers_option
 from adadf.errors import UserError
+from adadf.threads import torch_threads
 
 log = logging.getLogger(__name__)
 

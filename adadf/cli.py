@@ -8,14 +8,13 @@ for everything.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import errno
 import functools
 import os
 import re
 import sys
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
@@ -75,21 +74,6 @@ def workers_option(value: Any, key: str = "workers") -> int:
     if workers < 1:
         raise UserError(f"{key}={value}: expected auto or an integer >= 1")
     return workers
-
-
-@contextlib.contextmanager
-def torch_threads(threads: Any) -> Iterator[None]:
-    """Torch's intra-op threads while a command's worker threads run (None: leave torch's setting),
-    restored afterwards so a library caller's process keeps its own."""
-    import torch
-
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(max(1, int(threads)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def launch(main: Callable[[], Any]) -> None:

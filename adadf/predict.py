@@ -24,8 +24,9 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
 from adadf.atomic import save_image
-from adadf.cli import job, torch_threads, workers_option
+from adadf.cli import job, workers_option
 from adadf.errors import UserError
+from adadf.threads import torch_threads
 from adadf.faces.detector import LANDMARK_NAMES
 
 log = logging.getLogger(__name__)

@@ -74,7 +74,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -92,6 +92,7 @@ from adadf.data.decode import image_size, load_rgb
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
 from adadf.errors import UserError, first_line
+from adadf.threads import torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -308,20 +309,11 @@ class SmallImageAugment:
         return f"{type(self).__name__}({self.transform})"
 
 
-@contextlib.contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
+def one_cpu_thread(device: torch.device) -> contextlib.AbstractContextManager:
     """On the CPU, run the enclosed batch ops on one thread: they are memory-bound, and a second
     intra-op thread mostly spins while the DataLoader workers need the cores (measured on 2 cores:
     ~2.5x less CPU time per image). A no-op on other devices."""
-    before = torch.get_num_threads()
-    if device.type != "cpu" or before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return torch_threads(1 if device.type == "cpu" else None)
 
 
 class ResizeNormalize:
