@@ -14,10 +14,10 @@ from typing import Any, Mapping
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from adadf.cli import in_multirun
 from adadf.config import TrainerConfig, instantiate_node, validate_config
 from adadf.config.dataset import DATASET_SCHEMAS
 from adadf.data.bundle import DataBundle
@@ -39,10 +39,6 @@ def run_dir() -> Path:
     return Path.cwd()
 
 
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def sweep_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir) if in_multirun() else None
 
@@ -55,7 +51,7 @@ def sweep_group() -> str | None:
     """
     if not in_multirun():
         return None
-    return "-".join(Path(HydraConfig.get().sweep.dir).resolve().parts[-2:])[-128:]  # W&B's limit
+    return "-".join(sweep_dir().resolve().parts[-2:])[-128:]  # W&B's limit
 
 
 def sweep_tags() -> list[str]:
@@ -163,13 +159,13 @@ class Parts:
     config: dict[str, Any]  # the resolved config as recorded in W&B and checkpoints
 
 
-def build(cfg: DictConfig, device: torch.device | None = None, data: DataBundle | None = None) -> Parts:
+def build(cfg: DictConfig, device: torch.device | None = None) -> Parts:
     """Validate ``cfg`` and build every part of a training run (``device``: resolved from the
-    config; ``data``: already-built loaders to use instead of the dataset group's)."""
+    config when not given)."""
     typed = validate_config(cfg)
     trainer: TrainerConfig = typed["trainer"]
     device = device or resolve_device(trainer.device)
-    data = data or build_data(cfg.dataset, cfg.seed, device)
+    data = build_data(cfg.dataset, cfg.seed, device)
     model = build_model(cfg, data.num_classes, typed["fusion"].drop_rate).to(device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -22,6 +22,7 @@ from hydra.types import RunMode
 from omegaconf.errors import OmegaConfBaseException
 
 from adadf.config import register_schemas
+from adadf.config.schema import field_names
 from adadf.errors import UserError, first_line
 
 T = TypeVar("T")
@@ -35,7 +36,7 @@ def _config_error(err: BaseException) -> str:
     reason = first_line(cause)
     override = re.search(r"override (\S+)", first_line(err))
     if key and schema is not None and dataclasses.is_dataclass(schema) and " not in " in reason:
-        names = ", ".join(f.name for f in dataclasses.fields(schema) if not f.name.startswith("_"))
+        names = ", ".join(field_names(schema))
         return f"{key}: unknown key (expected one of {names})"
     if key:
         where = override.group(1) if override else key
@@ -91,6 +92,11 @@ def launch(main: Callable[[], Any]) -> None:
         sys.exit(1)
 
 
+def in_multirun() -> bool:
+    """Whether this Hydra job is one of a multirun (``-m``)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def job(task: Callable[[Any], T]) -> Callable[[Any], T]:
     """Decorate a Hydra task function: outside a multirun, a user error ends the command with its
     one line (without Hydra's "Error executing job with overrides" preamble)."""
@@ -100,7 +106,7 @@ def job(task: Callable[[Any], T]) -> Callable[[Any], T]:
         try:
             return task(cfg)
         except UserError as err:
-            if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            if in_multirun():
                 raise
             sys.stderr.write(f"{err}\n")
             raise SystemExit(1) from None

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from adadf.config.fields import check_ranges
+from adadf.config.schema import field_names
 from adadf.errors import UserError, first_line
 
 
@@ -25,7 +26,7 @@ def typed_group(cfg: DictConfig, key: str) -> Any:
         fields = [f.name for f in dataclasses.fields(obj)]
         extra = [k for k in node if k not in fields]  # `+group.key=...` gets past the schema
         if extra:
-            names = ", ".join(f for f in fields if not f.startswith("_"))
+            names = ", ".join(field_names(type(obj)))
             raise UserError(f"{key}.{extra[0]}: unknown key (expected one of {names})")
         check_ranges(obj, key)
     return obj
