@@ -112,16 +112,14 @@ def process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def distributed_sampler(dataset_size: int, *, train: bool, seed: int, sampler: Sampler | None = None,
-                        rank: int | None = None, world_size: int | None = None) -> Sampler | None:
+def distributed_sampler(dataset_size: int, *, train: bool, seed: int, sampler: Sampler | None = None
+                        ) -> Sampler | None:
     """The sampler a loader needs in this process group, or ``sampler`` unchanged in a single process.
 
     Training: ``DistributedSampler`` (shuffled from ``seed`` and the epoch, tail dropped) or the
     given ``sampler`` sharded; evaluation: ``ShardSampler`` (or the given sampler sharded, no drop).
-    ``rank``/``world_size`` default to the initialised process group's.
     """
-    if rank is None or world_size is None:
-        rank, world_size = process_group()
+    rank, world_size = process_group()
     if world_size <= 1:
         return sampler
     if sampler is not None:

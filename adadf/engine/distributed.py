@@ -66,11 +66,10 @@ def env_world(environ: dict[str, str] | None = None) -> World:
 
 def current_world() -> World:
     """The initialised process group's world; rank 0 of 1 when there is none."""
-    import torch.distributed as dist
+    from adadf.data.samplers import process_group
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return World()
-    return World(rank=dist.get_rank(), local_rank=env_world().local_rank, size=dist.get_world_size())
+    rank, size = process_group()
+    return World(rank=rank, local_rank=env_world().local_rank, size=size) if size > 1 else World()
 
 
 # --------------------------------------------------------------------------------------------
