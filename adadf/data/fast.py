@@ -489,7 +489,7 @@ def build_cached_bundle(
                  len(test_index), len(train_index.class_names), recipe.name, recipe.image_size, recipe.resize)
         return build_bundle(train_set=train_set, clean_train_set=train_set, test_set=test_set, eval_workers=0,
                             num_crops=10, train_batch_transform=device_train_transform(recipe),
-                            eval_batch_transform=eval_transform, **common)
+                            eval_batch_transform=eval_transform, pipeline=pipeline, **common)
     if recipe.resize_mode != "square" or recipe.resize != recipe.image_size:
         raise UserError(f"dataset.pipeline={pipeline}: supports square-resize recipes (standard), not {recipe.name}; "
                         "use dataset.pipeline=reference")
@@ -509,6 +509,7 @@ def build_cached_bundle(
         train_batch_transform=device_train_transform(recipe) if on_device else ResizeNormalizeErase(
             recipe.image_size, recipe.mean, recipe.std, recipe.erasing_p, recipe.erasing_scale),
         eval_batch_transform=eval_transform,
+        pipeline=pipeline,
         **common,
     )
 

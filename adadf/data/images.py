@@ -199,9 +199,7 @@ def build_image_bundle(
                   noise_seed=noise_seed, train_sampler=sampler)
     pipeline = resolve_pipeline(pipeline)
     if pipeline in CACHED_PIPELINES:
-        bundle = build_cached_bundle(train_index, test_index, recipe, pipeline=pipeline, **common)
-        bundle.pipeline = pipeline
-        return bundle
+        return build_cached_bundle(train_index, test_index, recipe, pipeline=pipeline, **common)
 
     log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
