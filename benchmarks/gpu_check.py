@@ -24,7 +24,6 @@ minute on a CPU; the figures then only show that every part runs. Models, optimi
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
 import json
 import logging
@@ -40,9 +39,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import throughput  # noqa: E402
+from adadf.tracking.files import RunFiles  # noqa: E402
 
 log = logging.getLogger("gpu_check")
 
@@ -79,13 +80,10 @@ def cuda_tests() -> dict[str, Any]:
 
 def measure_throughput(root: Path, size: dict, precision: str, extra: list[str]) -> dict[str, Any]:
     """``throughput.py`` for every pipeline at one precision (its own model, built by adadf.app)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "t.json"
-        args = ["--root", str(root), "--batches", str(size["batches"]), "--input-batches", str(size["input_batches"]),
-                "--workers", str(size["workers"]), "--pipelines", *throughput.PIPELINES, "--json", str(out),
-                "--", *size["overrides"], *PRECISIONS[precision], *extra]
-        throughput.main(args)
-        results = json.loads(out.read_text())
+    results = throughput.main(["--root", str(root), "--batches", str(size["batches"]),
+                               "--input-batches", str(size["input_batches"]), "--workers", str(size["workers"]),
+                               "--pipelines", *throughput.PIPELINES,
+                               "--", *size["overrides"], *PRECISIONS[precision], *extra])
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return results
@@ -113,13 +111,13 @@ def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 
         if proc.returncode != 0 or not metrics.is_file():
             out["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             return out
-        rows = list(csv.DictReader(metrics.open()))
-        summary = json.loads((run_dir / "summary.json").read_text())
+        frame = pd.read_csv(metrics)
+        summary = RunFiles(run_dir).read_summary() or {}
         log_text = (run_dir / "run.log").read_text() if (run_dir / "run.log").is_file() else ""
-    times = [float(r["epoch_time_s"]) for r in rows]
-    out.update(epochs=len(rows), epoch_time_s=times, train_images_per_s=[float(r["train_images_per_s"]) for r in rows],
-               ld_time_s=[float(r["ld_time_s"]) for r in rows if r.get("ld_time_s")],
-               test_acc=[float(r["test_acc"]) for r in rows], status=summary.get("status"),
+    times = frame["epoch_time_s"].tolist()
+    out.update(epochs=len(frame), epoch_time_s=times, train_images_per_s=frame["train_images_per_s"].tolist(),
+               ld_time_s=frame["ld_time_s"].dropna().tolist() if "ld_time_s" in frame else [],
+               test_acc=frame["test_acc"].tolist(), status=summary.get("status"),
                pipeline=next(iter(re.findall(r"\), (\w+) pipeline", log_text)), None))
     steady = times[-1]
     out["projected_75_epochs_s"] = times[0] + (EPOCHS_PAPER - 1) * steady
