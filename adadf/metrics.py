@@ -6,6 +6,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 
 
 def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float:
@@ -22,9 +23,6 @@ def auroc(scores: Sequence[float], positives: Sequence[bool]) -> float:
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return math.nan
-    # Average rank (1-based) of each distinct score, shared by its ties.
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = ((ends - counts + 1 + ends) / 2.0)[inverse]
+    ranks = pd.Series(s).rank(method="average").to_numpy()  # 1-based, ties share their average rank
     u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
     return 100.0 * u / (n_pos * n_neg)

@@ -199,7 +199,6 @@ def summarize_sweep(sweep_dir: str | Path, seed_keys: Sequence[str] = SEED_KEYS,
 def learning_curves(sweep_dir: Path, jobs, column: str = "test_acc") -> dict[str, tuple]:
     """Per setting: (epochs, mean, std) of ``column`` over its completed jobs' metrics.csv (epochs
     that every one of them reached)."""
-    import numpy as np
     import pandas as pd
 
     curves = {}
@@ -215,9 +214,8 @@ def learning_curves(sweep_dir: Path, jobs, column: str = "test_acc") -> dict[str
         if series:
             table = pd.concat(series, axis=1).dropna()
             if not table.empty:
-                values = table.to_numpy(dtype=float)
-                std = values.std(axis=1, ddof=1) if values.shape[1] > 1 else np.zeros(len(values))
-                curves[_short_numbers(str(setting))] = (table.index.to_numpy(), values.mean(axis=1), std)
+                curves[_short_numbers(str(setting))] = (  # one job: std 0
+                    table.index.to_numpy(), table.mean(axis=1).to_numpy(), table.std(axis=1).fillna(0).to_numpy())
     return curves
 
 
@@ -227,7 +225,7 @@ def write_plots(sweep_dir: Path, jobs, settings) -> list[Path]:
     from adadf.tracking import plots
 
     written = []
-    done = settings[settings["completed"] > 0] if "completed" in settings else settings
+    done = settings[settings["completed"] > 0]
     if "best_acc_mean" in done and len(done):
         written.append(plots.accuracy_bars(
             [_short_numbers(s) for s in done["setting"]], done["best_acc_mean"].tolist(),
