@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from adadf.cli import job
 from adadf.errors import UserError
+from adadf.tracking import plots
 
 if TYPE_CHECKING:
     from adadf.engine.loop import EvalResult
@@ -40,32 +41,6 @@ def write_confusion_csv(confusion: torch.Tensor, names: Sequence[str], path: Pat
     write_text_atomic(path, frame.to_csv())
 
 
-def plot_confusion(confusion: torch.Tensor, names: Sequence[str], path: Path, title: str = "") -> None:
-    """A PNG of the confusion matrix: colour = share of the true class (row-normalised), text = counts."""
-    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
-
-    counts = confusion.to(torch.float64)
-    rates = counts / counts.sum(1, keepdim=True).clamp(min=1)  # [C, C]
-    c = len(names)
-    side = max(4.0, 0.6 * c + 2.0)
-    fig = Figure(figsize=(side + 1.0, side))
-    ax = fig.add_subplot()
-    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
-    ax.set_xticks(range(c), labels=list(names), rotation=45, ha="right")
-    ax.set_yticks(range(c), labels=list(names))
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    for i in range(c):
-        for j in range(c):
-            ax.text(j, i, str(int(counts[i, j])), ha="center", va="center", fontsize=8,
-                    color="white" if rates[i, j] > 0.5 else "black")
-    if title:
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def write_report(result: EvalResult, names: Sequence[str], out_dir: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Write the evaluation files into ``out_dir``; returns the summary written to eval_summary.json.
     Accuracies in percent, as everywhere in adadf."""
@@ -83,8 +58,8 @@ def write_report(result: EvalResult, names: Sequence[str], out_dir: Path, info: 
     })
     write_text_atomic(out_dir / "per_class_acc.csv", per_class.to_csv(index=False))
     write_confusion_csv(confusion, names, out_dir / "confusion_matrix.csv")
-    plot_confusion(confusion, names, out_dir / "confusion_matrix.png",
-                   title=f"acc {result.acc:.2f}%  mean-class {result.mean_class_acc:.2f}%")
+    plots.confusion_heatmap(confusion.numpy(), names, out_dir / "confusion_matrix.png",
+                            title=f"acc {result.acc:.2f}%  mean-class {result.mean_class_acc:.2f}%")
     summary = {
         **info,
         "num_images": int(confusion.sum()),

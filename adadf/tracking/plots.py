@@ -26,25 +26,46 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def class_distribution_heatmap(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
-    """The C x C class-distribution matrix (row i: the distribution for class i), values printed."""
-    matrix = np.asarray(matrix, dtype=float)
+def matrix_heatmap(colours: np.ndarray, texts: Sequence[Sequence[str]], class_names: Sequence[str], path: Path, *,
+                   cmap: str, vmax: float, xlabel: str, ylabel: str, colorbar_label: str = "",
+                   title: str = "") -> Path:
+    """A C x C matrix over the classes: cells coloured by ``colours``, ``texts`` printed in them
+    (dark text on light cells, light on dark)."""
+    colours = np.asarray(colours, dtype=float)
     size = 1.0 + 0.55 * len(class_names)
     fig = _figure(size + 1.2, size)
     ax = fig.subplots()
-    im = ax.imshow(matrix, cmap="viridis", vmin=0.0, vmax=max(1.0, float(matrix.max())))
+    im = ax.imshow(colours, cmap=cmap, vmin=0.0, vmax=vmax)
     ticks = range(len(class_names))
     ax.set_xticks(ticks, class_names, rotation=45, ha="right")
     ax.set_yticks(ticks, class_names)
-    ax.set_xlabel("distribution over classes")
-    ax.set_ylabel("label")
-    for i in range(matrix.shape[0]):
-        for j in range(matrix.shape[1]):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="black" if matrix[i, j] > 0.5 else "white")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    for i, row in enumerate(texts):
+        for j, text in enumerate(row):
+            r, g, b, _ = im.cmap(im.norm(colours[i, j]))
+            ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, label=colorbar_label)
     ax.set_title(title)
     return _save(fig, path)
+
+
+def class_distribution_heatmap(matrix: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
+    """The C x C class-distribution matrix (row i: the distribution for class i), values printed."""
+    matrix = np.asarray(matrix, dtype=float)
+    return matrix_heatmap(matrix, [[f"{v:.2f}" for v in row] for row in matrix], class_names, path,
+                          cmap="viridis", vmax=max(1.0, float(matrix.max())), xlabel="distribution over classes",
+                          ylabel="label", title=title)
+
+
+def confusion_heatmap(confusion: np.ndarray, class_names: Sequence[str], path: Path, title: str = "") -> Path:
+    """The confusion matrix: colour = share of the true class (row-normalised), text = counts."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    rates = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    return matrix_heatmap(rates, [[str(v) for v in row] for row in counts], class_names, path, cmap="Blues",
+                          vmax=1.0, xlabel="predicted class", ylabel="true class",
+                          colorbar_label="share of true class", title=title)
 
 
 def attention_histogram(attention: np.ndarray, flipped: np.ndarray | None, path: Path, title: str = "") -> Path:
