@@ -17,10 +17,7 @@ Check = Callable[[Any], bool]
 
 def ranged(default: Any, check: Check, expected: str, **kwargs: Any) -> Any:
     """A dataclass field with ``default`` whose values must satisfy ``check`` (``expected`` says how)."""
-    metadata = {"check": check, "expected": expected}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
-    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata={"check": check, "expected": expected}, **kwargs)
 
 
 # The ranges used by more than one schema.
