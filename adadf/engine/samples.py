@@ -125,10 +125,8 @@ class SampleDetector:
         self.suspects_by, self.suspects = suspects_by, suspects
         self.recorder = SampleRecorder(len(data.train_labels), method, device)
         self.scores: SampleScores | None = None
-        flipped = np.zeros(len(data.train_labels), dtype=bool)
-        for item in data.flipped():
-            flipped[item.index] = True
-        self.flipped = flipped if data.clean_train_labels is not None else None
+        self.flipped = (None if data.clean_train_labels is None else  # [N] bool: which labels the noise changed
+                        np.asarray(data.clean_train_labels) != np.asarray(data.train_labels))
 
     # -- passes --------------------------------------------------------------------------
     def training_pass(self) -> SampleRecorder:
