@@ -302,17 +302,17 @@ def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: 
 
     from adadf.data.images import load_rgb
 
-    def one(path: Path) -> tuple[Any, Any, Path | None]:
+    def one(path: Path) -> tuple[UserError | None, list, torch.Tensor | None, Path | None]:
         try:
             image = load_rgb(path)
         except UserError as err:
-            return err, None, None
+            return err, [], None, None
         regions, probs = predictor(image)
         target = None
         if annotate_dir is not None:
             rel = path.relative_to(root) if root is not None and root in path.parents else Path(path.name)
             target = save_image(_draw(image, regions, probs, names), annotate_dir / rel, 90, jpeg_fallback=True)
-        return regions, probs, target
+        return None, regions, probs, target
 
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
@@ -320,10 +320,10 @@ def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: 
     annotated: list[str] = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(paths), desc="predict", unit="img", disable=not progress or len(paths) < 2) as bar:
-        for path, (regions, probs, target) in zip(paths, pool.map(one, paths)):  # torch, Pillow release the GIL
+        for path, (error, regions, probs, target) in zip(paths, pool.map(one, paths)):  # torch, PIL release the GIL
             bar.update()
-            if isinstance(regions, UserError):
-                log.warning("skipped %s", regions)
+            if error is not None:
+                log.warning("skipped %s", error)
                 skipped.append(str(path))
                 continue
             if not regions:
