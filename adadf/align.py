@@ -28,7 +28,6 @@ import logging
 import os
 import shutil
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +35,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
-from tqdm import tqdm
 
 from adadf.atomic import atomic_path, save_image
 from adadf.cli import job, workers_option
 from adadf.errors import UserError
-from adadf.threads import torch_threads
+from adadf.threads import threaded_map, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +206,7 @@ def align_tree(input_root: Path, output_root: Path, detector, settings: AlignSet
     def one(rel: str) -> ReportRow | None:
         return align_image(input_root / rel, output_root / rel, rel, detector, settings)
 
-    rows: list[ReportRow] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(todo), desc="align", unit="img", disable=not progress) as bar:
-        for row in pool.map(one, todo):  # torch and Pillow release the GIL: threads overlap
-            bar.update()
-            if row is not None:
-                rows.append(row)
+    rows = [row for row in threaded_map(one, todo, workers, desc="align", progress=progress) if row is not None]
     report = report or output_root / REPORT_NAME
     write_report(report, rows, redone=set(todo), still_there=set(images))
     counts = {status: sum(r.status == status for r in rows) for status in ("no_face", "multiple_faces",

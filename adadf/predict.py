@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from adadf.atomic import save_image
 from adadf.cli import job, workers_option
 from adadf.errors import UserError
-from adadf.threads import torch_threads
+from adadf.threads import threaded_map, torch_threads
 from adadf.faces.detector import LANDMARK_NAMES
 
 log = logging.getLogger(__name__)
@@ -296,10 +296,6 @@ def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: 
     warned about (one line each) and listed. ``annotate_dir``: a copy of each image with boxes and
     labels, at its path relative to ``root`` (the input folder) or under its own name. ``workers``
     threads each read, detect and predict one image at a time; the rows keep the input order."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     from adadf.data.images import load_rgb
 
     def one(path: Path) -> tuple[UserError | None, list, torch.Tensor | None, Path | None]:
@@ -318,20 +314,18 @@ def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: 
     skipped: list[str] = []
     no_face: list[str] = []
     annotated: list[str] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(paths), desc="predict", unit="img", disable=not progress or len(paths) < 2) as bar:
-        for path, (error, regions, probs, target) in zip(paths, pool.map(one, paths)):  # torch, PIL release the GIL
-            bar.update()
-            if error is not None:
-                log.warning("skipped %s", error)
-                skipped.append(str(path))
-                continue
-            if not regions:
-                log.warning("%s: no face found", path)
-                no_face.append(str(path))
-            rows += face_rows(path, regions, probs, names)
-            if target is not None:
-                annotated.append(str(target))
+    results = threaded_map(one, paths, workers, desc="predict", progress=progress and len(paths) > 1)
+    for path, (error, regions, probs, target) in zip(paths, results):
+        if error is not None:
+            log.warning("skipped %s", error)
+            skipped.append(str(path))
+            continue
+        if not regions:
+            log.warning("%s: no face found", path)
+            no_face.append(str(path))
+        rows += face_rows(path, regions, probs, names)
+        if target is not None:
+            annotated.append(str(target))
     return {"rows": rows, "skipped": skipped, "no_face": no_face, "annotated": annotated}
 
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @contextlib.contextmanager
@@ -20,3 +23,19 @@ def torch_threads(threads: Any) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def threaded_map(fn: Callable[[T], R], items: Sequence[T], workers: int, *, desc: str, unit: str = "img",
+                 progress: bool = True) -> Iterator[R]:
+    """``fn`` over ``items`` in ``workers`` threads (torch and Pillow release the GIL, so threads
+    overlap), results in the input's order, with a progress bar. Stopping early (an error, Ctrl-C)
+    cancels the items not started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
+        for result in pool.map(fn, items):
+            bar.update()
+            yield result
