@@ -75,7 +75,7 @@ def attention_histogram(attention: np.ndarray, flipped: np.ndarray | None, path:
     fig = _figure(6, 3.5)
     ax = fig.subplots()
     values = attention[seen]
-    bins = np.linspace(values.min(), values.max(), 41) if values.size and np.ptp(values) > 0 else 40
+    bins = np.histogram_bin_edges(values, 40)  # shared by the clean and the flipped histogram
     if flipped is None:
         ax.hist(values, bins=bins, color="tab:blue")
     else:
