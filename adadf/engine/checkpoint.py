@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
+import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +17,10 @@ import torch
 
 from adadf.atomic import atomic_path
 from adadf.errors import UserError
-from adadf.torchfile import UnreadableCheckpoint, read_torch_file
+from adadf.torchfile import UnreadableCheckpoint, describe, read_torch_file
+
+# Less free space than this after a failed checkpoint write: the disk was full.
+FULL_DISK_BYTES = 64 * 2**20
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -26,20 +34,51 @@ class CheckpointWriteError(UserError, OSError):
 
 def save_all_atomic(files: dict[Path, Any]) -> None:
     """``torch.save`` each object to its path as one step: every file is written to a temp file and
-    fsynced first, and only then are they renamed into place. So a failure while writing any of
-    them (a full disk) leaves every previous file as it was. An ``OSError`` names the file."""
-    with contextlib.ExitStack() as stack:  # on exit: renamed in reverse order, or all temps removed
-        for path, obj in files.items():
-            tmp = stack.enter_context(atomic_path(path))
-            try:
-                with open(tmp, "wb") as f:
-                    torch.save(obj, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as err:
-                if err.filename is None:  # a write to an open file names none
-                    raise OSError(err.errno, err.strerror or str(err), str(path)) from err
-                raise
+    fsynced first, and only then are they renamed into place, with SIGINT/SIGTERM held back until
+    the last rename is done. So a failure while writing any of them (a full disk, a second Ctrl-C)
+    leaves every previous file as it was, and the files of one step are never half replaced.
+    Any write failure is an ``OSError`` naming the file."""
+    with contextlib.ExitStack() as signals:
+        with contextlib.ExitStack() as stack:  # on exit: renamed in reverse order, or all temps removed
+            for path, obj in files.items():
+                tmp = stack.enter_context(atomic_path(path))
+                try:
+                    with open(tmp, "wb") as f:
+                        torch.save(obj, f)
+                        f.flush()
+                        os.fsync(f.fileno())
+                except Exception as err:  # noqa: BLE001 - torch's writer raises RuntimeError too
+                    raise write_error(err, Path(path)) from err
+            signals.enter_context(signals_held())  # released after the renames (the inner exit)
+
+
+def write_error(err: Exception, path: Path) -> OSError:
+    """``err`` from writing ``path`` as an ``OSError`` that names it. PyTorch's zip writer reports a
+    full disk as ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``, with no
+    errno: when the file's filesystem is (nearly) full that is what it means."""
+    if isinstance(err, OSError):
+        return err if err.filename is not None else OSError(err.errno, err.strerror or str(err), str(path))
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < FULL_DISK_BYTES:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return OSError(errno.EIO, describe(err), str(path))
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM back (delivered when the block ends) where the platform allows."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def save_atomic(obj: Any, path: Path) -> None:

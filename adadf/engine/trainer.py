@@ -6,6 +6,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,6 +60,15 @@ class Progress:
             summary.update(best_val_acc=best_val["val_acc"], best_val_epoch=best_val["epoch"],
                            test_acc_at_best_val=best_val["test_acc"])
         return summary
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``: an atomic replace gives the file a new inode."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _reseed(loader: Any, seed: int, epoch: int, salt: int) -> None:
@@ -121,20 +131,24 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def _save(self, improved: bool, previous: Progress) -> None:
-        """This epoch's last.pt (and best.pt) as one step: if either cannot be written (a full
-        disk, a read-only dir) neither is replaced, ``progress`` goes back to ``previous`` (what the
-        files on disk hold, so summary.json agrees with them) and the error is one line."""
+        """This epoch's last.pt (and best.pt) as one step. If it does not land (a full disk, a
+        read-only dir, a second Ctrl-C mid-write), ``progress`` goes back to ``previous``, what the
+        files on disk hold, so summary.json and metrics.csv agree with them; a write error is one line."""
         if not self.is_main:
             return
         state = self.state_dict()
         files = {self.files.last_checkpoint: state}
         if improved:  # weights for evaluation and prediction; resume state stays in last.pt only
             files[self.files.best_checkpoint] = {k: state[k] for k in BEST_KEYS}
+        before = _file_id(self.files.last_checkpoint)
         try:
             save_all_atomic(files)
-        except OSError as err:
-            self.progress = previous
-            last_good = (f"the last good checkpoint is epoch {previous.epoch}" if previous.epoch
+        except BaseException as err:
+            if _file_id(self.files.last_checkpoint) == before:  # the new files did not land
+                self.progress = previous
+            if not isinstance(err, OSError):
+                raise
+            last_good = (f"the last good checkpoint is epoch {self.progress.epoch}" if self.progress.epoch
                          else "no checkpoint was written yet")
             raise CheckpointWriteError(
                 f"{err.strerror or err} writing {err.filename}; {last_good}", err.errno

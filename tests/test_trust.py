@@ -1,0 +1,124 @@
+"""A run's files tell the truth (issue 16): a full disk is a full disk, a refused resume never
+rewrites history, the report follows what is on disk.
+
+In-process runs as in test_resume.py; a real small filesystem (a tmpfs) where this machine lets us
+mount one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+from collections import namedtuple
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from adadf import cli
+from adadf.engine import checkpoint as checkpoint_module
+from adadf.engine.checkpoint import CheckpointWriteError, load_checkpoint
+from adadf.train import RunInterrupted
+
+from test_resume import straight, train_here  # noqa: F401 - straight: two epochs, module-scoped
+
+REAL_SAVE = torch.save
+TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def assert_records_agree(run: Path, epoch: int) -> dict:
+    """summary.json, metrics.csv, last.pt and best.pt all say ``epoch`` is the last saved one."""
+    summary = json.loads((run / "summary.json").read_text())
+    metrics = pd.read_csv(run / "metrics.csv")
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert summary["epochs_completed"] == epoch == last["epoch"]
+    assert metrics["epoch"].tolist() == list(range(1, epoch + 1))
+    assert best["epoch"] == summary["best_epoch"] <= epoch
+    assert summary["best_acc"] == metrics["test_acc"].max() == last["progress"]["best_acc"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"]  # no temps
+    return summary
+
+
+# ---------------------------------------------------------------------- 2. a full disk, for real
+@contextlib.contextmanager
+def small_filesystem(where: Path, size_bytes: int):
+    """A tmpfs of ``size_bytes`` mounted at ``where``; skips the test where mounting is not allowed."""
+    where.mkdir(parents=True, exist_ok=True)
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here: cannot make a small filesystem")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN): {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_really_full_disk_is_one_line_and_every_record_agrees(straight: Path, tmp_path: Path,
+                                                                cache_dir: Path):
+    """Epoch 1's checkpoints fit; epoch 2's temp last.pt does not: torch's zip writer then raises a
+    RuntimeError (not an OSError) that used to escape with a traceback and a summary of epoch 2."""
+    last_size = (straight / "checkpoints" / "last.pt").stat().st_size
+    best_size = (straight / "checkpoints" / "best.pt").stat().st_size
+    with small_filesystem(tmp_path / "fs", last_size + best_size + last_size // 2) as fs:
+        run = fs / "run"
+        with pytest.raises(CheckpointWriteError) as err:
+            train_here(run, cache_dir, "trainer.epochs=3")
+        line = str(err.value)
+        assert "\n" not in line and cli.one_line(err.value) == line
+        assert line.startswith("No space left on device writing ") and line.endswith("last good checkpoint is epoch 1")
+        summary = assert_records_agree(run, 1)
+        assert summary["status"] == "failed" and summary["error"] == line
+
+
+@pytest.mark.parametrize("free_bytes, expected", [
+    (1 << 20, "No space left on device writing {last}; the last good checkpoint is epoch 2"),
+    (10 << 30, f"RuntimeError: {TORCH_FULL_DISK} writing {{last}}; the last good checkpoint is epoch 2"),
+])
+def test_torch_writer_errors_are_one_line_naming_the_file(straight: Path, tmp_path: Path, cache_dir: Path,
+                                                           monkeypatch, free_bytes: int, expected: str):
+    run = copy_run(straight, tmp_path / "run")
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+
+    def torch_full_disk(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 the first bytes")
+        raise RuntimeError(TORCH_FULL_DISK)
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", torch_full_disk)
+    monkeypatch.setattr(checkpoint_module.shutil, "disk_usage", lambda path: usage(free_bytes, 0, free_bytes))
+    with pytest.raises(CheckpointWriteError) as err:
+        train_here(run, cache_dir, "trainer.epochs=3", "trainer.resume=auto")
+    monkeypatch.undo()
+    last = run / "checkpoints" / "last.pt"
+    assert str(err.value) == expected.format(last=last)
+    assert last.read_bytes() == before
+    assert_records_agree(run, 2)
+
+
+# ------------------------------------------------------------- 6. Ctrl-C twice during the write
+def test_second_ctrl_c_during_the_checkpoint_write_reports_what_is_on_disk(straight: Path, tmp_path: Path,
+                                                                          cache_dir: Path, monkeypatch):
+    run = copy_run(straight, tmp_path / "run")
+
+    def interrupted_write(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 the first bytes")
+        raise KeyboardInterrupt  # what the second Ctrl-C raises wherever the run is
+
+    monkeypatch.setattr(torch, "save", interrupted_write)
+    with pytest.raises(RunInterrupted) as err:
+        train_here(run, cache_dir, "trainer.epochs=3", "trainer.resume=auto")
+    monkeypatch.undo()
+    assert str(err.value).startswith("stopped by SIGINT after epoch 2;")
+    summary = assert_records_agree(run, 2)
+    assert summary["status"] == "interrupted"
