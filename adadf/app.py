@@ -19,7 +19,7 @@ from torch import nn
 
 from adadf.cli import in_multirun
 from adadf.config import TrainerConfig, instantiate_node, validate_config
-from adadf.config.dataset import DATASET_SCHEMAS
+from adadf.config.dataset import dataset_schema
 from adadf.data.bundle import DataBundle
 from adadf.data.images import resolve_pipeline
 from adadf.engine import distributed
@@ -95,8 +95,7 @@ def step_context(params: TrainerConfig, device: torch.device) -> StepContext:
 def dataset_node(config: Mapping[str, Any]) -> DictConfig:
     """A dataset config recorded as a plain dict (in a checkpoint) on top of its schema, so keys
     added since it was written get their defaults."""
-    target = config.get("_target_")
-    schema = next((s for s in DATASET_SCHEMAS.values() if getattr(s, "_target_", None) == target), None)
+    schema = dataset_schema(config.get("_target_"))
     if schema is None:
         return OmegaConf.create(dict(config))
     known = {k: v for k, v in config.items() if k in schema.__dataclass_fields__}

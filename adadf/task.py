@@ -100,6 +100,7 @@ class Claim:
     resume_from: Path | None
     lock: RunLock | None = None  # rank 0: held until the job's outcome is recorded
     checked: ResumePoint | None = None  # rank 0: the checkpoint at resume_from, read and checked
+    record: dict[str, str] | None = None  # rank 0 of a resume: .hydra/, written once the restore succeeded
 
     def release(self) -> None:
         if self.lock is not None:
@@ -120,11 +121,14 @@ def claim(cfg: DictConfig) -> Claim:
         resume_from = find_resume_checkpoint(trainer_cfg.resume, files)
         checked = check_resume(resume_from, cfg, trainer_cfg.resume_allow_changes) if resume_from else None
         _remove_stale_temp_files(files)
-        files.write_hydra_record(hydra_record(cfg))
+        record = hydra_record(cfg)
+        if resume_from is None:
+            files.write_hydra_record(record)
     except BaseException:
         lock.release()
         raise
-    return Claim(world, device, files, distributed.broadcast_object(resume_from), lock, checked)
+    return Claim(world, device, files, distributed.broadcast_object(resume_from), lock, checked,
+                 record if resume_from is not None else None)
 
 
 def record_refusal(cfg: DictConfig, err: UserError) -> None:
@@ -132,14 +136,14 @@ def record_refusal(cfg: DictConfig, err: UserError) -> None:
     claimed job would (summary.json with the error line, .hydra/, run.log), but only in a dir no run
     owns: never where a checkpoint exists or another run holds the lock."""
     files = RunFiles(app.run_dir())
-    if isinstance(err, RunDirBusy) or not distributed.env_world().is_main or files.last_checkpoint.exists():
+    if isinstance(err, RunDirBusy) or not distributed.env_world().is_main or files.run_record():
         return
     try:
         lock = RunLock(files.run_dir).acquire()
     except (UserError, OSError):
         return
     try:
-        if not files.last_checkpoint.exists():
+        if not files.run_record():
             files.write_summary({**_empty_summary("failed", 0.0), "error": _error_line(err)})
             files.write_hydra_record(hydra_record(cfg))
             if not app.in_multirun():  # a multirun's job logs "job failed: ..." to console and file
@@ -150,15 +154,31 @@ def record_refusal(cfg: DictConfig, err: UserError) -> None:
         lock.release()
 
 
+def start(cfg: DictConfig, job: Claim) -> TrainingRun:
+    """Build the run and restore its checkpoint; a resumed run's ``.hydra/`` is rewritten only then."""
+    checked, job.checked = job.checked, None  # the checkpoint's contents: not kept past the restore
+    run = TrainingRun(cfg, job.world, job.device, job.files, job.resume_from, checked)
+    if job.record is not None:
+        job.files.write_hydra_record(job.record)
+    return run
+
+
 def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
-    """Train a claimed job: its summary, always recorded; an error is recorded, then raised."""
+    """Train a claimed job: its summary, always recorded; an error is recorded, then raised.
+
+    A resume that fails before its checkpoint is restored (another class list, data that moved) is a
+    refusal: raised with the run's files as they were."""
     started = time.perf_counter()
-    run: TrainingRun | None = None
+    run = None
+    if job.resume_from is not None:
+        try:
+            run = start(cfg, job)
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"stopped by SIGINT before the run was restored; {job.files.run_dir} is "
+                                 "as it was") from None
     status, error = "failed", None
     try:
-        checked, job.checked = job.checked, None  # the checkpoint's contents: not kept past the restore
-        run = TrainingRun(cfg, job.world, job.device, job.files, job.resume_from, checked)
-        del checked
+        run = run or start(cfg, job)
         run.fit()
         status = "completed"
     except (StopRequested, KeyboardInterrupt) as stopped:  # KeyboardInterrupt: a second Ctrl-C
@@ -175,6 +195,8 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
         summary["error"] = _error_line(error)
     if job.world.is_main:
         try:
+            if run is not None and status != "completed" and run.trainer.progress.history:
+                job.files.write_metrics(run.trainer.progress.history)  # the epochs the checkpoints hold
             job.files.write_summary(summary)
         except OSError as err:  # a full disk: the error that stopped the run still goes out below
             if error is None:

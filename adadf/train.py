@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adadf import app
+from adadf.config.dataset import DatasetConfig, dataset_schema
 from adadf.engine import distributed
 from adadf.engine.checkpoint import load_checkpoint, seed_everything
 from adadf.engine.interrupt import StopFlag
@@ -29,27 +30,42 @@ class RunInterrupted(UserError):
 
 
 def find_resume_checkpoint(resume: str | None, files: RunFiles) -> Path | None:
-    """``trainer.resume``: null (refuse to overwrite), auto (this run dir), or a file/run dir."""
-    if resume is None:
-        if files.last_checkpoint.exists():
-            raise UserError(
-                f"{files.last_checkpoint} exists: pass trainer.resume=auto to continue that run, "
-                "or choose another hydra.run.dir"
-            )
+    """``trainer.resume``: null (a new run: only into a dir that holds no run), auto (this run dir's
+    last.pt; a new run where the dir holds no run) or a file/run dir. A dir that holds a run's files
+    is never overwritten: a new run there is refused, so is a resume from elsewhere into it."""
+    record = files.run_record()
+    if resume == "auto" and files.last_checkpoint.exists():
+        return files.last_checkpoint
+    if resume is None or resume == "auto":
+        if record:
+            raise UserError(_holds_a_run(files, record))
         return None
-    if resume == "auto":
-        return files.last_checkpoint if files.last_checkpoint.exists() else None
     path = Path(resume).expanduser().resolve()
     if path.is_dir():
         candidates = [path / "checkpoints" / "last.pt", path / "last.pt"]
         path = next((c for c in candidates if c.is_file()), candidates[0])
     if not path.is_file():
         raise UserError(f"trainer.resume={resume}: no checkpoint at {path}")
+    if record and path != files.last_checkpoint.resolve():
+        raise UserError(f"trainer.resume={resume}: {_holds_a_run(files, record)}")
     return path
 
 
-# Groups whose values shape the training itself: a resumed run must go on with the same ones.
-RESUME_CHECKED_GROUPS = ("fusion", "method", "optimizer", "scheduler")
+def _holds_a_run(files: RunFiles, record: list[Path]) -> str:
+    """Why a new run may not start in ``files.run_dir``, and what to do instead."""
+    names = ", ".join(str(p.relative_to(files.run_dir)) for p in record)
+    if files.last_checkpoint.exists():
+        return (f"{files.run_dir} holds a run ({names}): pass trainer.resume=auto to continue it, "
+                "or choose another hydra.run.dir")
+    best = (f"; start a new run from its weights with backbone.checkpoint={files.best_checkpoint}"
+            if files.best_checkpoint.exists() else "")
+    return (f"{files.run_dir} holds a run ({names}) whose checkpoints/last.pt is gone, so it cannot be "
+            f"continued and is not overwritten: choose another hydra.run.dir{best}")
+
+
+# Groups and keys whose values shape the training: a resumed run must go on with the same ones
+# (less the dataset keys that say how data are read, not what they are: its schema's RESUME_FREE).
+RESUME_CHECKED = ("fusion", "method", "optimizer", "scheduler", "dataset", "seed")
 
 
 @dataclass
@@ -71,17 +87,20 @@ def _flat(node: Any, prefix: str) -> dict[str, Any]:
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Values of ``RESUME_CHECKED_GROUPS`` that differ between a checkpoint's config and now.
+    """Values of ``RESUME_CHECKED`` that differ between a checkpoint's config and now.
 
     A key either side lacks (a key added since the checkpoint was written) and a value the config
     leaves null (auto: resolved at run time, e.g. ``fusion.detach_target``) count as unchanged;
-    ``method.params`` mirrors ``fusion`` and is left out.
+    ``method.params`` mirrors ``fusion`` and is left out, and so are the dataset's ``RESUME_FREE`` keys.
     """
+    schema = dataset_schema((saved.get("dataset") or {}).get("_target_"))
+    free = {f"dataset.{key}" for key in (schema.RESUME_FREE if schema else DatasetConfig.RESUME_FREE)}
     changes = {}
-    for group in RESUME_CHECKED_GROUPS:
+    for group in RESUME_CHECKED:
         old, new = _flat(saved.get(group, {}), group), _flat(current.get(group, {}), group)
         for key in sorted(old.keys() & new.keys()):
-            if key.startswith("method.params.") or new[key] is None or old[key] == new[key]:
+            if (key.startswith("method.params.") or key in free or new[key] is None
+                    or old[key] == new[key]):
                 continue
             changes[key] = (old[key], new[key])
     return changes
@@ -119,6 +138,18 @@ def check_resume(path: Path, cfg: DictConfig, allow_changes: bool) -> ResumePoin
     return ResumePoint(path, state, changes)
 
 
+def check_classes(path: Path, saved: list[str] | None, now: list[str]) -> None:
+    """Refuse to resume on another class list, saying what differs (``classes 7 -> 3``)."""
+    if saved is None or list(saved) == now:
+        return
+    if len(saved) != len(now):
+        what = f"classes {len(saved)} -> {len(now)} ({', '.join(saved)} -> {', '.join(now)})"
+    else:
+        what = f"class names {', '.join(saved)} -> {', '.join(now)}"
+    raise UserError(f"{path}: does not fit this dataset: {what}; resume with the checkpoint's dataset, "
+                    "or start a new run in another hydra.run.dir")
+
+
 class TrainingRun:
     """Seeded, built and (when resuming) restored in the constructor; ``fit`` trains; ``report``
     sends the outcome to the logger. Under torchrun every rank builds one; only rank 0 writes."""
@@ -148,6 +179,7 @@ class TrainingRun:
         run_id = None
         if resume_from is not None:
             state = checked.state if checked is not None else load_checkpoint(resume_from)
+            check_classes(resume_from, state.get("class_names"), list(parts.data.class_names))
             try:
                 self.trainer.load_state_dict(state)
             except (RuntimeError, KeyError, ValueError) as err:

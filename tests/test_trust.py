@@ -122,3 +122,89 @@ def test_second_ctrl_c_during_the_checkpoint_write_reports_what_is_on_disk(strai
     assert str(err.value).startswith("stopped by SIGINT after epoch 2;")
     summary = assert_records_agree(run, 2)
     assert summary["status"] == "interrupted"
+
+
+# ------------------------------------------------------------ 3-5. a resume never rewrites history
+def snapshot(run: Path) -> dict[str, bytes]:
+    """Every file of a run dir (the lock aside), by content."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
+
+
+def refused(run: Path, cache_dir: Path, *overrides: str, tiny: bool = True) -> str:
+    """The one line a refused in-process run raises; the run's files must be exactly as they were."""
+    from adadf.errors import UserError
+    from test_resume import train_with
+
+    before = snapshot(run)
+    with pytest.raises(UserError) as err:
+        if tiny:
+            train_here(run, cache_dir, *overrides)
+        else:
+            train_with(run, list(overrides))
+    assert snapshot(run) == before, f"{overrides}: the run's files changed"
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+def test_resume_on_another_class_list_leaves_the_finished_run_as_it_was(straight: Path, tmp_path: Path,
+                                                                       cache_dir: Path):
+    import fakedata
+    from conftest import FAST
+
+    run = copy_run(straight, tmp_path / "run")
+    three = fakedata.write_folder(tmp_path / "three", per_class=3, size=36)
+    folder = [*FAST, "dataset=folder", f"dataset.root={three}", "dataset.num_classes=3", "dataset.batch_size=4",
+              "trainer.epochs=3", "trainer.resume=auto"]
+    line = refused(run, cache_dir, *folder, tiny=False)  # at the config check: names what differs
+    assert "dataset.num_classes 7 -> 3" in line and "trainer.resume_allow_changes=true" in line
+    line = refused(run, cache_dir, *folder, "trainer.resume_allow_changes=true", tiny=False)  # at the restore
+    assert line.startswith(f"{run / 'checkpoints' / 'last.pt'}: does not fit this dataset: classes 7 -> 3 (")
+    assert line.endswith(" -> cat, dog, owl); resume with the checkpoint's dataset, or start a new run in another "
+                         "hydra.run.dir")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("dataset.label_noise=0.2", "dataset.label_noise 0.0 -> 0.2"),
+    ("dataset.image_size=40", "dataset.image_size 32 -> 40"),
+    ("seed=1", "seed 0 -> 1"),
+])
+def test_resume_refuses_changed_data_and_seed(straight: Path, tmp_path: Path, cache_dir: Path, override: str,
+                                             key: str):
+    run = copy_run(straight, tmp_path / "run")
+    line = refused(run, cache_dir, "trainer.epochs=3", "trainer.resume=auto", override)
+    assert f"the config differs from the checkpoint's in {key};" in line
+
+
+def test_resume_with_allowed_data_changes_records_them(straight: Path, tmp_path: Path, cache_dir: Path):
+    run = copy_run(straight, tmp_path / "run")
+    summary = train_here(run, cache_dir, "trainer.epochs=3", "trainer.resume=auto", "dataset.num_workers=1",
+                         "seed=1", "trainer.resume_allow_changes=true")
+    assert summary["status"] == "completed"
+    changes = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["resume_changes"]
+    assert changes == {"seed": {"checkpoint": 0, "now": 1}}  # num_workers: how data are read, free to change
+
+
+def test_a_run_that_lost_its_last_checkpoint_is_not_overwritten(straight: Path, tmp_path: Path, cache_dir: Path):
+    run = copy_run(straight, tmp_path / "run")
+    (run / "checkpoints" / "last.pt").unlink()  # the natural way to save space
+    for resume in ([], ["trainer.resume=auto"]):
+        line = refused(run, cache_dir, "trainer.epochs=2", *resume)
+        assert line == (f"{run} holds a run (checkpoints/best.pt, metrics.csv, summary.json) whose "
+                        "checkpoints/last.pt is gone, so it cannot be continued and is not overwritten: choose "
+                        f"another hydra.run.dir; start a new run from its weights with "
+                        f"backbone.checkpoint={run / 'checkpoints' / 'best.pt'}")
+    other = copy_run(straight, tmp_path / "other")  # a resume from elsewhere into a dir with a run
+    line = refused(run, cache_dir, "trainer.epochs=3", f"trainer.resume={other}")
+    assert line.startswith(f"trainer.resume={other}: {run} holds a run")
+
+
+def test_a_failed_start_does_not_make_a_run(tmp_path: Path, cache_dir: Path):
+    """A dir holding only a failed start's summary is free for the corrected command."""
+    from adadf.errors import UserError
+
+    run = tmp_path / "run"
+    with pytest.raises(UserError):
+        train_here(run, cache_dir, "trainer.epochs=1", "fusion.threshold=2")
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert train_here(run, cache_dir, "trainer.epochs=1")["status"] == "completed"

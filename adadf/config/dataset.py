@@ -8,7 +8,7 @@ and holds only what differs. The builder named by ``_target_`` takes exactly the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import ClassVar, List, Optional
 
 from adadf.config.fields import at_least, half_open01, one_of, ranged
 
@@ -21,6 +21,9 @@ VERIFY_MODES = ("auto", "decode", "exists")
 @dataclass
 class DatasetConfig:
     """Keys every dataset has."""
+
+    # How the data are read, not what they are: free to change when a run is resumed.
+    RESUME_FREE: ClassVar[tuple[str, ...]] = ("num_workers", "verify_images", "cache_dir")
 
     _target_: str = ""
     root: Optional[str] = None  # relative paths are taken from the launch directory
@@ -45,6 +48,8 @@ class ImageDatasetConfig(DatasetConfig):
 
 @dataclass
 class SyntheticConfig(DatasetConfig):
+    RESUME_FREE: ClassVar[tuple[str, ...]] = (*DatasetConfig.RESUME_FREE, "root")  # root: where the cache lives
+
     _target_: str = "adadf.data.synthetic.build_synthetic"
     num_classes: int = ranged(7, lambda x: x == 7, "7 (the synthetic dataset's classes)")
     num_workers: int = ranged(0, *at_least(0))
@@ -91,6 +96,11 @@ class FolderConfig(ImageDatasetConfig):
     train_csv: Optional[str] = None
     test_csv: Optional[str] = None
     class_names: Optional[List[str]] = None
+
+
+def dataset_schema(target: str | None) -> type[DatasetConfig] | None:
+    """The schema of the dataset whose builder is ``target`` (a ``_target_``), None when unknown."""
+    return next((s for s in DATASET_SCHEMAS.values() if s._target_ == target), None)
 
 
 DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {

@@ -46,6 +46,15 @@ class RunFiles:
         for name, text in files.items():
             write_text_atomic(self.hydra_dir / name, text)
 
+    def run_record(self) -> list[Path]:
+        """The files that make this dir a run's record: checkpoints, metrics, a summary of at least one
+        epoch (a failed start's summary is no record: a corrected command may reuse its dir)."""
+        found = [p for p in (self.last_checkpoint, self.best_checkpoint, self.metrics) if p.exists()]
+        summary = self.read_summary() if self.summary.exists() else None
+        if summary is not None and (summary.get("epochs_completed") or summary.get("status") == "completed"):
+            found.append(self.summary)
+        return found
+
     def read_summary(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.summary.read_text())
