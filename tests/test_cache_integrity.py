@@ -54,3 +54,28 @@ def test_missing_digest_rebuilds(train, caplog):
         build_cache(train, 24, split="train")
     assert any(str(path) in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert path.with_name(path.name + ".sha256").is_file()
+
+
+def test_zeroed_synthetic_cache_is_detected_and_regenerated(tmp_path: Path, caplog):
+    """Issue 16 item 7: torch.load read a synthetic cache with zeroed tensor bytes without a word."""
+    import torch
+
+    from adadf.data.synthetic import cache_path, load_or_generate
+
+    params = dict(train_size=14, test_size=7, image_size=32, ambiguity=0.0, seed=0)
+    good = load_or_generate(tmp_path, **params)
+    path = cache_path(tmp_path, **params)
+    assert path.with_name(path.name + ".sha256").is_file()
+    with open(path, "r+b") as f:  # zero the middle: image bytes, not the zip's directory
+        f.seek(path.stat().st_size // 3)
+        f.write(bytes(2000))
+    assert not torch.equal(torch.load(path, weights_only=True)["train_images"], good["train_images"])
+    with caplog.at_level(logging.WARNING):
+        again = load_or_generate(tmp_path, **params)
+    assert torch.equal(again["train_images"], good["train_images"])  # regenerated, not the zeroed bytes
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and str(path) in warnings[0] and "changed on disk" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        load_or_generate(tmp_path, **params)  # the regenerated cache is trusted again
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -95,15 +95,16 @@ def test_cache_is_written_once_then_loaded(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic, "generate_synthetic", counting)
     first = load_or_generate(tmp_path, **SMALL)
-    files = list(tmp_path.iterdir())
-    assert len(calls) == 1 and len(files) == 1 and files[0].suffix == ".pt"
+    files = sorted(tmp_path.glob("*.pt"))
+    assert len(calls) == 1 and len(files) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [files[0].name, files[0].name + ".sha256"]
     second = load_or_generate(tmp_path, **SMALL)
     assert len(calls) == 1  # loaded, not regenerated
     for key in first:
         assert torch.equal(first[key], second[key])
     # Other params -> another file; a corrupt file is regenerated.
     load_or_generate(tmp_path, **{**SMALL, "seed": 3})
-    assert len(calls) == 2 and len(list(tmp_path.iterdir())) == 2
+    assert len(calls) == 2 and len(list(tmp_path.glob("*.pt"))) == 2
     files[0].write_bytes(b"not a torch file")
     third = load_or_generate(tmp_path, **SMALL)
     assert len(calls) == 3 and torch.equal(third["train_images"], first["train_images"])

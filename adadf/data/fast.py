@@ -84,10 +84,10 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
-from adadf.atomic import atomic_open, atomic_path
+from adadf.atomic import atomic_path
 from adadf.data.batch_randaugment import BatchRandAugment, to_device
 from adadf.data.bundle import DataBundle, build_bundle
-from adadf.data.cache import cache_dir
+from adadf.data.cache import cache_dir, digest_problem, file_digest, write_digest
 from adadf.data.decode import image_size, load_rgb
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
@@ -155,16 +155,6 @@ def _decode_frame(path: Path, size: int, frame: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def digest_path(path: Path) -> Path:
-    """The file beside a cache that holds its SHA-256 (``<name>.sha256``, ``sha256sum`` format)."""
-    return path.with_name(path.name + ".sha256")
-
-
-def file_digest(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()  # ~1 s for RAF-DB's 370 MB
-
-
 def cache_problem(path: Path, shape: tuple[int, ...]) -> str | None:
     """Why the cache file at ``path`` cannot be used (None: it can): unreadable, another shape, or
     content that no longer matches the digest written beside it (changed bytes, not only truncation)."""
@@ -173,12 +163,9 @@ def cache_problem(path: Path, shape: tuple[int, ...]) -> str | None:
         if cached.shape != shape or cached.dtype != np.uint8:
             return f"holds {cached.dtype} {cached.shape}, expected uint8 {shape}"
         del cached
-        expected = digest_path(path).read_text().split()[0]
-    except (OSError, ValueError, IndexError) as err:
-        return f"unreadable or without its digest ({first_line(err)})"
-    if file_digest(path) != expected:
-        return f"content does not match its digest {digest_path(path).name} (changed on disk)"
-    return None
+    except (OSError, ValueError) as err:
+        return f"unreadable ({first_line(err)})"
+    return digest_problem(path)
 
 
 def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int | None = None,
@@ -217,8 +204,7 @@ def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int
         out.flush()
         del out
         digest = file_digest(tmp)
-    with atomic_open(digest_path(path), "w") as f:  # after the cache: a crash between leaves no digest
-        f.write(f"{digest}  {path.name}\n")
+    write_digest(path, digest)
     log.info("decoded %d %s images to %d px in %.1f s: %s (%.0f MB)", len(index), split, size,
              time.perf_counter() - start, path, path.stat().st_size / 2**20)
     return path

@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
-from adadf.atomic import atomic_open
+from adadf.atomic import atomic_path
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir as adadf_cache_dir
+from adadf.data.cache import digest_problem, file_digest, write_digest
 from adadf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from adadf.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -300,16 +302,21 @@ def cache_path(cache_dir: str | os.PathLike | None, **params) -> Path:
 def load_or_generate(cache_dir: str | os.PathLike | None = None, **params) -> dict[str, torch.Tensor]:
     """Load the cached dataset for ``params`` (``generate_synthetic``'s arguments) or generate it.
 
-    The file is written atomically (:func:`adadf.atomic.atomic_open`); an unreadable file is regenerated.
+    The file is written atomically (:func:`adadf.atomic.atomic_path`) with its SHA-256 beside it, as
+    the image caches are; a file that is unreadable or whose bytes changed (zeroed, flipped: torch's
+    reader misses those) is regenerated with a warning.
     """
     path = cache_path(cache_dir, **params)
     if path.exists():
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-            log.debug("loaded synthetic dataset from %s", path)
-            return data
-        except Exception as err:  # noqa: BLE001 - any broken cache file is simply regenerated
-            log.warning("cannot read cached synthetic dataset %s (%s); regenerating", path, err)
+        problem = digest_problem(path)
+        if problem is None:
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                log.debug("loaded synthetic dataset from %s", path)
+                return data
+            except Exception as err:  # noqa: BLE001 - any broken cache file is simply regenerated
+                problem = f"unreadable ({first_line(err)})"
+        log.warning("synthetic data cache %s: %s; regenerating it", path, problem)
 
     start = time.perf_counter()
     data = generate_synthetic(**params)
@@ -319,10 +326,15 @@ def load_or_generate(cache_dir: str | os.PathLike | None = None, **params) -> di
         time.perf_counter() - start,
     )
     try:
-        with atomic_open(path, "wb") as f:
-            torch.save(data, f)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(data, f)
+                f.flush()
+                os.fsync(f.fileno())
+            digest = file_digest(tmp)
+        write_digest(path, digest)
         log.info("cached synthetic dataset at %s", path)
-    except OSError as err:
+    except (OSError, RuntimeError) as err:  # RuntimeError: torch's writer on a full disk
         log.warning("cannot cache synthetic dataset at %s (%s); continuing without a cache", path, err)
     return data
 
