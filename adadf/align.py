@@ -16,7 +16,11 @@ like the original root. Hidden files and folders are left out.
 - both are listed, with unreadable images, in ``<output>/align_report.csv`` (``report=PATH``
   elsewhere): columns ``path, status, faces, written, detail``;
 - resumable: an output that exists is not redone (its report row is kept from the earlier run);
-- every file is written atomically, so an interrupted run leaves no half image;
+- every file is written atomically, so an interrupted run leaves no half image; each report row is
+  also appended to a journal beside the report before its image is written, so a run killed with
+  ``kill -9`` loses no row: the next run folds the journal into the report and deletes the temp
+  files the kill left;
+- links to folders are followed; symbolic link loops are skipped with a warning naming them;
 - the output root may not be, or lie inside, the input root (nothing is ever written there).
 
 Hydra writes nothing of its own here (no ``outputs/`` dir, no ``.hydra``): the log goes to the
@@ -24,11 +28,14 @@ terminal and the only files are those under ``output``.
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import shutil
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +43,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from adadf.atomic import atomic_path, save_image
+from adadf.atomic import atomic_path, save_image, stale_temp_files
 from adadf.cli import job, workers_option
 from adadf.errors import UserError
 from adadf.threads import threaded_map, torch_threads
@@ -48,6 +55,7 @@ REPORT_NAME = "align_report.csv"
 REPORT_COLUMNS = ("path", "status", "faces", "written", "detail")
 MULTIPLE_POLICIES = ("largest", "confident", "skip")
 NO_FACE_POLICIES = ("center", "skip")
+ALIGNED = "aligned"  # the journal's status for an image that went plainly (no report row)
 
 
 @dataclass
@@ -86,7 +94,10 @@ class AlignSettings:
 def check_roots(input_root: Path, output_root: Path) -> None:
     """The input must be a folder; the output must not be it or lie inside it."""
     if not input_root.exists():
-        raise UserError(f"input={input_root}: no such folder; expected the dataset root to align")
+        from adadf.data.walk import is_link_loop
+
+        problem = "a symbolic link loop" if is_link_loop(input_root) else "no such folder"
+        raise UserError(f"input={input_root}: {problem}; expected the dataset root to align")
     if not input_root.is_dir():
         raise UserError(f"input={input_root}: not a folder; expected the dataset root to align")
     src, dst = input_root.resolve(), output_root.resolve()
@@ -97,24 +108,17 @@ def check_roots(input_root: Path, output_root: Path) -> None:
         raise UserError(f"output={output_root}: exists and is not a folder")
 
 
-def walk_tree(root: Path) -> tuple[list[str], list[str], list[str]]:
-    """(images, other files, folders) under ``root`` as sorted relative paths; hidden entries left
-    out. Folders are listed so that empty ones (a class with no image yet) are mirrored too."""
+def walk_tree(root: Path, avoid: Path | None = None) -> tuple[list[str], list[str], list[str]]:
+    """(images, other files, folders) under ``root`` as sorted relative paths; hidden entries and
+    symbolic link loops (warned about) left out, ``avoid`` (the output) never entered. Folders are
+    listed so that empty ones (a class with no image yet) are mirrored too."""
     from adadf.data.images import is_image_name
+    from adadf.data.walk import list_tree
 
-    images: list[str] = []
-    others: list[str] = []
-    folders: list[str] = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        rel_folder = Path(folder).relative_to(root)
-        folders += [(rel_folder / d).as_posix() for d in dirs]
-        for name in files:
-            if name.startswith("."):
-                continue
-            rel = (rel_folder / name).as_posix()
-            (images if is_image_name(name) else others).append(rel)
-    return sorted(images), sorted(others), sorted(folders)
+    files, folders = list_tree(root, hidden=False, avoid=avoid)
+    images = [rel for rel in files if is_image_name(rel.rpartition("/")[2])]
+    others = [rel for rel in files if not is_image_name(rel.rpartition("/")[2])]
+    return images, others, folders
 
 
 def copy_file(src: Path, dst: Path) -> bool:
@@ -141,8 +145,8 @@ def centre_square(image: Image.Image, size: int) -> Image.Image:
                         reducing_gap=3.0)
 
 
-def align_image(src: Path, dst: Path, rel: str, detector, settings: AlignSettings) -> ReportRow | None:
-    """Detect, pick, align and write one image; a row for the report unless it went plainly."""
+def aligned_crop(src: Path, rel: str, detector, settings: AlignSettings) -> tuple[Image.Image | None, ReportRow | None]:
+    """(the crop to write or None, the report row or None when the image went plainly)."""
     from adadf.data.images import load_rgb
     from adadf.faces import align_face, pick_face
 
@@ -150,33 +154,47 @@ def align_image(src: Path, dst: Path, rel: str, detector, settings: AlignSetting
         image = load_rgb(src)
     except UserError as err:
         log.warning("%s", err)
-        return ReportRow(rel, "unreadable", 0, False, str(err))
+        return None, ReportRow(rel, "unreadable", 0, False, str(err))
     try:
         faces = detector.detect(image)
     except Exception as err:  # one odd image must not end a run of hours: report it, go on
         log.warning("%s: face detection failed (%s: %s)", src, type(err).__name__, err)
-        return ReportRow(rel, "failed", 0, False, f"face detection failed: {type(err).__name__}: {err}")
-    row = None
+        return None, ReportRow(rel, "failed", 0, False, f"face detection failed: {type(err).__name__}: {err}")
     if not faces:
         if settings.no_face == "skip":
-            return ReportRow(rel, "no_face", 0, False, "no face found; nothing written (no_face=skip)")
-        out = centre_square(image, settings.size)
-        row = ReportRow(rel, "no_face", 0, True, "no face found; wrote the centre square (no_face=center)")
-    else:
-        if len(faces) > 1 and settings.multiple == "skip":
-            return ReportRow(rel, "multiple_faces", len(faces), False,
-                             f"{len(faces)} faces; nothing written (multiple=skip)")
-        face = faces[0] if len(faces) == 1 else pick_face(faces, settings.multiple)
-        out = align_face(image, face.landmarks, settings.size, settings.padding)
-        if len(faces) > 1:
-            row = ReportRow(rel, "multiple_faces", len(faces), True,
-                            f"kept the {settings.multiple} face (score {face.score:.3f}, "
-                            f"box {', '.join(f'{v:.0f}' for v in face.box)})")
+            return None, ReportRow(rel, "no_face", 0, False, "no face found; nothing written (no_face=skip)")
+        return centre_square(image, settings.size), ReportRow(
+            rel, "no_face", 0, True, "no face found; wrote the centre square (no_face=center)")
+    if len(faces) > 1 and settings.multiple == "skip":
+        return None, ReportRow(rel, "multiple_faces", len(faces), False,
+                               f"{len(faces)} faces; nothing written (multiple=skip)")
+    face = faces[0] if len(faces) == 1 else pick_face(faces, settings.multiple)
+    out = align_face(image, face.landmarks, settings.size, settings.padding)
+    if len(faces) == 1:
+        return out, None
+    return out, ReportRow(rel, "multiple_faces", len(faces), True,
+                          f"kept the {settings.multiple} face (score {face.score:.3f}, "
+                          f"box {', '.join(f'{v:.0f}' for v in face.box)})")
+
+
+def align_image(src: Path, dst: Path, rel: str, detector, settings: AlignSettings,
+                record: Callable[[ReportRow], None] = lambda row: None) -> ReportRow | None:
+    """Detect, pick, align and write one image; a row for the report unless it went plainly.
+
+    ``record`` (the journal) gets the row, or an ``aligned`` one, before the image is written: a
+    kill in between leaves a row without its image (redone by the next run), never an image
+    without its row.
+    """
+    out, row = aligned_crop(src, rel, detector, settings)
+    record(row or ReportRow(rel, ALIGNED, 1, True, ""))
+    if out is None:
+        return row
     try:
         save_image(out, dst, settings.quality)
     except (OSError, ValueError) as err:
         log.warning("%s: cannot write (%s)", dst, err)
-        return ReportRow(rel, "failed", len(faces), False, f"cannot write {dst}: {err}")
+        row = ReportRow(rel, "failed", row.faces if row else 1, False, f"cannot write {dst}: {err}")
+        record(row)
     return row
 
 
@@ -192,23 +210,27 @@ def align_tree(input_root: Path, output_root: Path, detector, settings: AlignSet
     check_roots(input_root, output_root)
     if workers < 1:
         raise UserError(f"workers={workers}: expected an integer >= 1")
-    images, others, folders = walk_tree(input_root)
+    images, others, folders = walk_tree(input_root, avoid=output_root)
     if not images:
         raise UserError(f"input={input_root}: no image files under this folder")
     output_root.mkdir(parents=True, exist_ok=True)
     for rel in folders:
         (output_root / rel).mkdir(parents=True, exist_ok=True)
+    report = report or output_root / REPORT_NAME
+    remove_stale_temps([output_root, *(output_root / rel for rel in folders)], report)
+    recover_journal(report, still_there=set(images))
     copied = sum(copy_file(input_root / rel, output_root / rel) for rel in others)  # label files first
     todo = [rel for rel in images if not (output_root / rel).exists()]
     log.info("%d images under %s: %d to align, %d already aligned; %d other files copied (%d up to date)",
              len(images), input_root, len(todo), len(images) - len(todo), copied, len(others) - copied)
 
-    def one(rel: str) -> ReportRow | None:
-        return align_image(input_root / rel, output_root / rel, rel, detector, settings)
+    with ReportJournal(journal_path(report)) as journal:
+        def one(rel: str) -> ReportRow | None:
+            return align_image(input_root / rel, output_root / rel, rel, detector, settings, journal.append)
 
-    rows = [row for row in threaded_map(one, todo, workers, desc="align", progress=progress) if row is not None]
-    report = report or output_root / REPORT_NAME
-    write_report(report, rows, redone=set(todo), still_there=set(images))
+        rows = [row for row in threaded_map(one, todo, workers, desc="align", progress=progress) if row is not None]
+        write_report(report, rows, redone=set(todo), still_there=set(images))
+    journal_path(report).unlink(missing_ok=True)  # the report now holds every row
     counts = {status: sum(r.status == status for r in rows) for status in ("no_face", "multiple_faces",
                                                                            "unreadable", "failed")}
     written = len(todo) - sum(not r.written for r in rows)
@@ -239,6 +261,75 @@ def write_report(path: Path, rows: Iterable[ReportRow], redone: set[str], still_
     frame = frame.sort_values("path", kind="stable")
     with atomic_open(path) as f:
         f.write(frame.to_csv(index=False))
+
+
+# ------------------------------------------------------------------------------------ after kill -9
+def remove_stale_temps(folders: Iterable[Path], report: Path) -> None:
+    """Delete the temp files of atomic writes that a killed run (``kill -9``: no cleanup runs) left
+    in the output folders and beside the report; nothing else writes there while align runs."""
+    stale = {p for folder in folders for p in stale_temp_files(folder)}
+    stale |= {p for p in stale_temp_files(report.parent) if p.name.startswith(f".{report.name}.")}
+    for path in sorted(stale):
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d temp files an interrupted run left (e.g. %s)", len(stale), min(stale))
+
+
+def journal_path(report: Path) -> Path:
+    """The journal beside the report (hidden: not part of the aligned tree)."""
+    return report.with_name(f".{report.name}.journal")
+
+
+class ReportJournal:
+    """Report rows appended one line each while the run goes: what a killed run leaves for the next.
+
+    One ``os.write`` per row on an append-only file, so a kill leaves whole lines (or, at worst,
+    cuts the last one, which :func:`read_journal` drops). Worker threads share it.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = -1
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> ReportJournal:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self._fd)
+
+    def append(self, row: ReportRow) -> None:
+        line = io.StringIO()
+        csv.writer(line).writerow(astuple(row))
+        with self._lock:
+            os.write(self._fd, line.getvalue().encode())
+
+
+def read_journal(path: Path) -> list[ReportRow]:
+    """A journal's rows, the last one per path (a failed write follows its first row)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = list(csv.reader(io.StringIO(text)))
+    if lines and not text.endswith("\n"):
+        lines.pop()  # cut by the kill
+    latest = {}
+    for fields in lines:
+        if len(fields) == len(REPORT_COLUMNS) and fields[2].isdigit():
+            latest[fields[0]] = ReportRow(fields[0], fields[1], int(fields[2]), fields[3] == "True", fields[4])
+    return list(latest.values())
+
+
+def recover_journal(report: Path, still_there: set[str]) -> None:
+    """Fold the journal of a killed run into the report, then delete it."""
+    journal = journal_path(report)
+    if not journal.exists():
+        return
+    rows = read_journal(journal)
+    write_report(report, [r for r in rows if r.status != ALIGNED], redone={r.path for r in rows},
+                 still_there=still_there)
+    journal.unlink()
+    log.info("%s: %d rows of an interrupted run folded into the report", report, len(rows))
 
 
 def align_command(cfg: DictConfig) -> dict[str, Any]:

@@ -35,14 +35,16 @@ CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def list_inputs(spec: str | os.PathLike) -> list[Path]:
-    """Image paths from an image file, a folder (images in it and below, sorted) or a list file
-    (one path per line, relative paths against the list file's folder; blank and # lines skipped)."""
+    """Image paths from an image file, a folder (images in it and below, sorted; links to folders
+    followed, symbolic link loops skipped with a warning) or a list file (one path per line,
+    relative paths against the list file's folder; blank and # lines skipped)."""
     from adadf.data.images import is_image_name
+    from adadf.data.walk import is_link_loop, list_tree
     from adadf.faces.video import is_video_name
 
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = [p for p in path.rglob("*") if p.is_file()]
+        files = [path / rel for rel in list_tree(path)[0]]
         found = sorted(p for p in files if is_image_name(p.name))
         videos = sorted(p for p in files if is_video_name(p.name))
         hint = f"; predict a video on its own: input={videos[0]}" if videos else ""
@@ -53,7 +55,8 @@ def list_inputs(spec: str | os.PathLike) -> list[Path]:
                         spec, len(videos), len(found), hint)
         return [p.absolute() for p in found]
     if not path.is_file():
-        raise UserError(f"input={spec}: no such file or folder; expected an image, a folder or a list file")
+        problem = "a symbolic link loop" if is_link_loop(path) else "no such file or folder"
+        raise UserError(f"input={spec}: {problem}; expected an image, a folder or a list file")
     if is_image_name(path.name):
         return [path.absolute()]
     try:
@@ -149,6 +152,8 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise UserError("input: missing; expected input=PATH (an image, a folder of images or a list file)")
     if int(cfg.batch_size) < 1:
         raise UserError(f"batch_size={cfg.batch_size}: expected an integer >= 1")
+    out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
+    check_output(out, cfg.output)  # before any work: not after every prediction was computed
     checkpoint = inference.read_checkpoint(_absolute(cfg.checkpoint, to_absolute_path))
     dataset = inference.dataset_config(checkpoint, cfg.get("dataset"), "python -m adadf.predict")
     num_classes = checkpoint.num_classes or int(dataset.get("num_classes", 0))
@@ -165,7 +170,6 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     paths = None if _is_video(source) else list_inputs(source)
     model_size = int(dataset.get("image_size") or 0)
     transform = inference.image_transform(dataset)
-    out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
     if paths is None or uses_faces(str(cfg.faces), paths, model_size, float(cfg.auto_factor)):
         return predict_faces_command(cfg, model, transform, names, model_size, device, source, paths, out)
     done, probs, skipped = predict_files(
@@ -332,14 +336,17 @@ def predict_face_images(predictor: FacePredictor, paths: Sequence[Path], names: 
 def predict_face_video(predictor: FacePredictor, path: Path, names: Sequence[str], *, every: int = 1,
                        annotate_to: Path | None = None, progress: bool = True) -> dict[str, Any]:
     """Rows for every region of every ``every``-th frame (with ``frame`` and ``time_s`` columns);
-    ``annotate_to``: an MP4 of all frames, each with the boxes of the latest predicted frame."""
+    ``annotate_to``: an MP4 of all frames, each with the boxes of the latest predicted frame. The
+    result records the frames read against those the container declares, and the warning when a
+    cut file ended early (``incomplete``)."""
     import contextlib
 
     from tqdm import tqdm
 
-    from adadf.faces.video import probe, read_frames, video_writer
+    from adadf.faces.video import FrameCount, probe, read_frames, video_writer
 
     info = probe(path)
+    count = FrameCount()
     rows: list[dict[str, Any]] = []
     frames_without_face = 0
     predicted = 0
@@ -347,7 +354,7 @@ def predict_face_video(predictor: FacePredictor, path: Path, names: Sequence[str
         write = stack.enter_context(video_writer(annotate_to, info.fps)) if annotate_to is not None else None
         bar = stack.enter_context(tqdm(total=info.frames, desc="video", unit="frame", disable=not progress))
         regions, probs = [], torch.zeros(0, 0)
-        for frame in read_frames(path, every=1 if write is not None else every):  # annotating: every frame
+        for frame in read_frames(path, every=1 if write is not None else every, count=count):  # annotating: all
             bar.update()
             if frame.index % every == 0:
                 regions, probs = predictor(frame.image)
@@ -359,6 +366,7 @@ def predict_face_video(predictor: FacePredictor, path: Path, names: Sequence[str
     if frames_without_face:
         log.warning("%s: no face found in %d of %d predicted frames", path, frames_without_face, predicted)
     return {"rows": rows, "frames": predicted, "frames_without_face": frames_without_face,
+            "frames_read": count.read, "frames_declared": count.declared, "incomplete": count.incomplete,
             "annotated": [str(annotate_to)] if annotate_to is not None else []}
 
 
@@ -394,7 +402,8 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
         video_out = out.parent / f"{source.stem}_annotated.mp4" if annotate else None
         result = predict_face_video(predictor, source, names, every=every, annotate_to=video_out, progress=progress)
         write_face_predictions(result["rows"], names, out, video=True)
-        log.info("%d faces in %d frames of %s -> %s", len(result["rows"]), result["frames"], source, out)
+        log.info("%d faces in %d frames of %s%s -> %s", len(result["rows"]), result["frames"], source,
+                 " (incomplete: see the warning)" if result["incomplete"] else "", out)
         return {"predictions": out, "num_predicted": len(result["rows"]), **result}
     root = source if source.is_dir() else None
     with torch_threads(cfg.torch_threads):  # per worker thread (a video is one thread: left as it is)
@@ -406,6 +415,17 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
     log.info("%d faces in %d images predicted%s -> %s", len(result["rows"]), len(paths) - len(result["skipped"]),
              "".join(f", {len(result[k])} {k.replace('_', ' ')}" for k in ("skipped", "no_face") if result[k]), out)
     return {"predictions": out, "num_predicted": len(result["rows"]), **result}
+
+
+def check_output(out: Path, spec: str | None) -> None:
+    """A CSV path that can be written: not a folder, and no file where a folder of its path must be."""
+    key = f"output={spec}" if spec else str(out)
+    if out.is_dir():
+        raise UserError(f"{key}: is a folder; expected the path of the CSV file to write "
+                        f"(e.g. output={out / 'predictions.csv'})")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UserError(f"{key}: {parent} is a file, not a folder; expected the path of the CSV file to write")
 
 
 def _absolute(path: str, to_absolute: Callable[[str], str]) -> str:
@@ -420,9 +440,9 @@ def _absolute(path: str, to_absolute: Callable[[str], str]) -> str:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 @job
 def _main(cfg: DictConfig) -> None:
-    from adadf.app import run_dir
+    from adadf.app import command_dir
 
-    predict_command(cfg, run_dir())
+    predict_command(cfg, command_dir(cfg, "predict"))
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 similarity alignment, annotation and video frames in and out. Nothing is downloaded."""
 from __future__ import annotations
 
+import re
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -253,6 +254,45 @@ def test_undecodable_video_is_one_line(tmp_path):
         assert "\n" not in str(err.value) and str(err.value).startswith(f"{garbage}: cannot decode video")
 
 
+
+def write_indexed_video(path: Path, frames: int = 30) -> Path:
+    """An MP4 with its index (the moov box) in front, as web and phone videos are, so that a cut
+    file still opens and declares all ``frames``; each frame is noise (no face)."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for _ in range(frames):
+            image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def cut_video(tmp_path: Path, keep: float = 0.6) -> Path:
+    """A 30-frame video whose last bytes are gone (a download that broke off)."""
+    whole = write_indexed_video(tmp_path / "whole.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * keep)])
+    return cut
+
+
+def test_truncated_video_says_how_many_frames_of_how_many(tmp_path, caplog):
+    whole = write_indexed_video(tmp_path / "whole.mp4")
+    with caplog.at_level("WARNING"):
+        assert len(list(read_frames(whole))) == 30
+    assert not caplog.records  # a whole file: no warning
+    cut = cut_video(tmp_path)
+    assert probe(cut).frames == 30
+    with caplog.at_level("WARNING"):
+        read = len(list(read_frames(cut, every=2)))
+    decoded = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(cut) in r.getMessage()]
+    assert len(decoded) == 1 and 0 < read < 15, decoded
+    match = re.search(r"read (\d+) of the 30 frames", decoded[0])
+    assert match and 2 * read - 1 <= int(match.group(1)) <= 2 * read, decoded[0]
+
 # ------------------------------------------------------------------------------------ adadf-predict with faces
 PLAIN_COLUMNS = ["path", "prediction", "confidence"]
 
@@ -456,6 +496,25 @@ def test_predict_faces_bad_input(checkpoint: Path, photos: Path, tmp_path: Path,
         predict_command(predict_cfg(checkpoint, f"input={photos}", "faces=detect"), tmp_path / "d")
     assert not (tmp_path / "v").exists() and not (tmp_path / "d").exists()  # nothing written half
 
+
+def test_predict_truncated_video_warns_and_records_the_counts(checkpoint: Path, tmp_path: Path, caplog):
+    """A cut video: the frames that decode are predicted (exit 0), with one warning naming the file
+    and both counts, and the counts in the command's result."""
+    import pandas as pd
+
+    from adadf.predict import predict_command
+
+    cut = cut_video(tmp_path)
+    with caplog.at_level("WARNING"):
+        result = predict_command(predict_cfg(checkpoint, f"input={cut}", "faces=none"), tmp_path / "out")
+    read = len(pd.read_csv(tmp_path / "out" / "predictions.csv"))
+    assert 0 < read < 30 and (result["frames_read"], result["frames_declared"]) == (read, 30)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and str(cut) in r.getMessage()]
+    assert len(warned) == 1 and f"read {read} of the 30 frames" in warned[0], warned
+    assert result["incomplete"] == warned[0]
+    whole = predict_command(predict_cfg(checkpoint, f"input={tmp_path / 'whole.mp4'}", "faces=none", "every=7"),
+                            tmp_path / "whole")
+    assert (whole["frames"], whole["frames_read"], whole["frames_declared"], whole["incomplete"]) == (5, 30, 30, None)
 
 def test_predict_video_cli(checkpoint: Path, tmp_path: Path, cache_dir: Path):
     """`python -m adadf.predict input=clip.mp4 every=3 annotate=true`: one row per face of every

@@ -13,7 +13,11 @@ from PIL import Image, UnidentifiedImageError
 
 from adadf.errors import UserError, first_line
 
-DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# A decompression bomb (an image over Pillow's MAX_IMAGE_PIXELS: a small file that would decode to
+# gigabytes) is refused by Image.open itself; over the limit but under twice it Pillow only warns,
+# unless warnings are errors. Either way the file is unreadable here, like a corrupt one.
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+                 Image.DecompressionBombWarning)
 
 
 class UnreadableImage(UserError):
@@ -88,5 +92,5 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as image:
             return image.size
-    except OSError as err:
+    except DECODE_ERRORS as err:
         raise UnreadableImage(f"{path}: cannot read image ({first_line(err)})") from None

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from adadf.data.bundle import DataBundle
 from adadf.data.images import build_image_bundle, is_image_name, list_dir, resolve_root
 from adadf.data.index import ImageIndex
+from adadf.data.walk import link_loops
 from adadf.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -17,20 +18,25 @@ FOLDER_LAYOUT = "a folder with train/<class>/ and test/<class>/ (or CSV files of
 
 
 def _class_folders(split_root: Path) -> list[str]:
+    """The class folders of a split; symbolic link loops are skipped with a warning each."""
     if not split_root.is_dir():
         raise UserError(f"{split_root}: split folder not found")
-    return [n for n in list_dir(split_root) if not n.startswith(".") and (split_root / n).is_dir()]
+    loops = link_loops(split_root)
+    return [n for n in list_dir(split_root)
+            if not n.startswith(".") and n not in loops and (split_root / n).is_dir()]
 
 
 def read_class_folders(root: Path, split: str, class_names: Sequence[str], *,
-                       require_all: bool = True) -> ImageIndex:
+                       require_all: bool = True, folders: Sequence[str] | None = None) -> ImageIndex:
     """``root/split/<class>/*`` as an index: class order = ``class_names``, files sorted by name.
 
     A folder not in ``class_names`` is an error (naming it), as is a missing class folder when
-    ``require_all``. Hidden files and files without an image suffix are skipped (counted in a warning).
+    ``require_all``. Hidden files and files without an image suffix are skipped (counted in a warning),
+    symbolic link loops too (one warning each). ``folders``: the split's class folders, when the
+    caller has listed them already.
     """
     split_root = root / split
-    folders = _class_folders(split_root)
+    folders = _class_folders(split_root) if folders is None else list(folders)
     unexpected = [f for f in folders if f not in class_names]
     if unexpected:
         raise UserError(f"{split_root / unexpected[0]}: unexpected class folder {unexpected[0]!r} "
@@ -42,7 +48,10 @@ def read_class_folders(root: Path, split: str, class_names: Sequence[str], *,
     for label, name in enumerate(class_names):
         if name not in folders:
             continue
+        loops = link_loops(split_root / name)
         for file in list_dir(split_root / name):
+            if file in loops:
+                continue
             if is_image_name(file):
                 paths.append(f"{split}/{name}/{file}")
                 labels.append(label)
@@ -62,7 +71,7 @@ def read_folder(root: str | Path, train: str = "train", test: str = "test") -> t
     classes = sorted(_class_folders(root / train))
     if not classes:
         raise UserError(f"{root / train}: no class folders; expected {FOLDER_LAYOUT}")
-    return (read_class_folders(root, train, classes),
+    return (read_class_folders(root, train, classes, folders=classes),
             read_class_folders(root, test, classes, require_all=False))
 
 

@@ -50,6 +50,27 @@ class VideoInfo:
 
 
 @dataclass
+class FrameCount:
+    """What one :func:`read_frames` pass decoded against what the container declares: a cut file
+    (a download that broke off) still opens, declares all its frames and then simply ends."""
+
+    declared: int | None = None  # None: the container does not say
+    read: int = 0  # frames decoded, also those not yielded (``every``)
+    incomplete: str | None = None  # the warning, when fewer frames than declared were read
+
+    def finish(self, path: str | Path, error: str | None = None) -> None:
+        """Warn (once, naming the file and both counts) when the pass ended early."""
+        short = self.declared is not None and self.read < self.declared
+        if not short and error is None:
+            return
+        of = f"of the {self.declared} frames the container declares" if self.declared else \
+            "frames (the container declares no count)"
+        why = f"decoding stopped: {error}" if error else "the file ends early (truncated?)"
+        self.incomplete = f"{path}: read {self.read} {of}; {why}"
+        log.warning("%s", self.incomplete)
+
+
+@dataclass
 class Frame:
     index: int  # decoded frame number, from 0
     time_s: float  # presentation time
@@ -71,11 +92,13 @@ def probe(path: str | Path) -> VideoInfo:
         raise UnreadableVideo(f"{path}: cannot decode video ({first_line(err)})") from None
 
 
-def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | None = None) -> Iterator[Frame]:
+def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | None = None,
+                count: FrameCount | None = None) -> Iterator[Frame]:
     """Decoded frames of the first video stream: frame ``i`` when ``i % every == 0`` or ``keep(i)``.
 
     A file that yields no frame at all raises UnreadableVideo; one that breaks off later (a
-    truncated download) ends with a warning after the frames that decoded.
+    truncated download) ends with a warning after the frames that decoded, saying how many were
+    read of how many the container declares; ``count`` (filled in) keeps both for the caller.
     """
     if every < 1:
         raise UserError(f"every={every}: expected an integer >= 1")
@@ -89,19 +112,22 @@ def read_frames(path: str | Path, every: int = 1, keep: Callable[[int], bool] | 
             raise UnreadableVideo(f"{path}: no video stream in this file")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        index = -1
+        count = count if count is not None else FrameCount()
+        count.declared, count.read = stream.frames or None, 0
+        error = None
         try:
             for decoded in container.decode(stream):
-                index += 1
+                index, count.read = count.read, count.read + 1
                 if index % every == 0 or (keep is not None and keep(index)):
                     time_s = float(decoded.time) if decoded.time is not None else 0.0
                     yield Frame(index, time_s, decoded.to_image())
         except av.error.FFmpegError as err:
-            if index < 0:
+            if not count.read:
                 raise UnreadableVideo(f"{path}: cannot decode video ({first_line(err)})") from None
-            log.warning("%s: decoding stopped after frame %d (%s)", path, index, first_line(err))
-        if index < 0:
+            error = first_line(err)
+        if not count.read:
             raise UnreadableVideo(f"{path}: cannot decode video (no frames)")
+        count.finish(path, error)
 
 
 @contextlib.contextmanager
