@@ -5,8 +5,10 @@ here; below this layer nothing reads a ``DictConfig`` or Hydra's runtime state.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import logging
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +16,7 @@ from typing import Any, Mapping
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 from torch import nn
 
 from adadf.cli import in_multirun
@@ -23,10 +25,11 @@ from adadf.config.dataset import dataset_schema
 from adadf.data.bundle import DataBundle
 from adadf.data.images import resolve_pipeline
 from adadf.engine import distributed
+from adadf.engine.rundir import LOCK_NAME
 from adadf.engine.loop import StepContext
 from adadf.errors import UserError
 from adadf.methods.base import Method
-from adadf.tracking import Logger, NullLogger
+from adadf.tracking import Logger, NullLogger, RunFiles
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,31 @@ def sweep_tags() -> list[str]:
         return []
     choice = HydraConfig.get().runtime.choices.get("sweep")
     return ["multirun"] + ([str(choice)] if choice else [])
+
+
+def hydra_record(cfg: DictConfig) -> dict[str, str]:
+    """What Hydra itself writes to ``.hydra/`` (config.yaml, hydra.yaml, overrides.yaml), for the
+    task to write once the job has claimed its dir; only config.yaml outside Hydra (compose API)."""
+    record = {"config.yaml": OmegaConf.to_yaml(cfg)}
+    if HydraConfig.initialized():
+        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
+        with read_write(hydra_cfg.hydra):
+            hydra_cfg.hydra.output_subdir = ".hydra"  # where it is written (null only stops Hydra writing it)
+        record["hydra.yaml"] = OmegaConf.to_yaml(hydra_cfg)
+        record["overrides.yaml"] = OmegaConf.to_yaml(HydraConfig.get().overrides.task)
+    return record
+
+
+def command_dir(cfg: DictConfig, kind: str) -> Path:
+    """Where ``adadf-eval`` / ``adadf-predict`` write (``kind``: eval, predict): Hydra's run dir, or a
+    subdirectory ``<kind>/<date>_<time>`` of it when it holds a training run (``hydra.run.dir=<run>``),
+    so the run's own files and ``.hydra/`` are never replaced. The command's ``.hydra/`` goes there."""
+    out = run_dir()
+    if RunFiles(out).run_record() or (out / LOCK_NAME).exists():
+        out = out / kind / time.strftime("%Y-%m-%d_%H-%M-%S")
+        log.info("%s holds a training run: writing into %s", out.parents[1], out)
+    RunFiles(out).write_hydra_record(hydra_record(cfg))
+    return out
 
 
 def default_run_name(cfg: DictConfig) -> str:

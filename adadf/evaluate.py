@@ -116,9 +116,9 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 @job
 def _main(cfg: DictConfig) -> float:
-    from adadf.app import run_dir
+    from adadf.app import command_dir
 
-    return evaluate_checkpoint(cfg, run_dir())["acc"]
+    return evaluate_checkpoint(cfg, command_dir(cfg, "eval"))["acc"]
 
 
 def main() -> None:

@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import copy
 import logging
 import shlex
 import time
@@ -24,8 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf import DictConfig
 
 from adadf import app
 from adadf.atomic import stale_temp_files
@@ -56,19 +54,6 @@ def _error_line(err: BaseException) -> str:
     first = first_line(err, empty="")
     kind = "" if isinstance(err, UserError) else type(err).__name__
     return ": ".join(part for part in (kind, first) if part)
-
-
-def hydra_record(cfg: DictConfig) -> dict[str, str]:
-    """What Hydra itself writes to ``.hydra/`` (config.yaml, hydra.yaml, overrides.yaml), for the
-    task to write once the job has claimed its dir; only config.yaml outside Hydra (compose API)."""
-    record = {"config.yaml": OmegaConf.to_yaml(cfg)}
-    if HydraConfig.initialized():
-        hydra_cfg = copy.deepcopy(HydraConfig.instance().cfg)
-        with read_write(hydra_cfg.hydra):
-            hydra_cfg.hydra.output_subdir = ".hydra"  # where it is written (null only stops Hydra writing it)
-        record["hydra.yaml"] = OmegaConf.to_yaml(hydra_cfg)
-        record["overrides.yaml"] = OmegaConf.to_yaml(HydraConfig.get().overrides.task)
-    return record
 
 
 def _log_to_file(line: str) -> None:
@@ -121,7 +106,7 @@ def claim(cfg: DictConfig) -> Claim:
         resume_from = find_resume_checkpoint(trainer_cfg.resume, files)
         checked = check_resume(resume_from, cfg, trainer_cfg.resume_allow_changes) if resume_from else None
         _remove_stale_temp_files(files)
-        record = hydra_record(cfg)
+        record = app.hydra_record(cfg)
         if resume_from is None:
             files.write_hydra_record(record)
     except BaseException:
@@ -145,7 +130,7 @@ def record_refusal(cfg: DictConfig, err: UserError) -> None:
     try:
         if not files.run_record():
             files.write_summary({**_empty_summary("failed", 0.0), "error": _error_line(err)})
-            files.write_hydra_record(hydra_record(cfg))
+            files.write_hydra_record(app.hydra_record(cfg))
             if not app.in_multirun():  # a multirun's job logs "job failed: ..." to console and file
                 _log_to_file(_error_line(err))
     except OSError as write_err:

@@ -208,3 +208,27 @@ def test_a_failed_start_does_not_make_a_run(tmp_path: Path, cache_dir: Path):
         train_here(run, cache_dir, "trainer.epochs=1", "fusion.threshold=2")
     assert json.loads((run / "summary.json").read_text())["status"] == "failed"
     assert train_here(run, cache_dir, "trainer.epochs=1")["status"] == "completed"
+
+
+# ------------------------------------------------------- 10. evaluation into a training run's dir
+def test_evaluation_into_a_training_run_dir_writes_its_own_subdirectory(straight: Path, tmp_path: Path,
+                                                                        cache_dir: Path):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    run = copy_run(straight, tmp_path / "run")
+    (run / ".hydra").mkdir(exist_ok=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        (run / ".hydra" / name).write_text(f"# the training run's {name}\n")
+    before = snapshot(run)
+    proc = subprocess.run([sys.executable, "-m", "adadf.evaluate", f"checkpoint={run / 'checkpoints' / 'best.pt'}",
+                           "progress=false", f"hydra.run.dir={run}"], cwd=tmp_path, env=cli_env(cache_dir),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = snapshot(run)
+    assert {name: after[name] for name in before} == before  # nothing of the run replaced
+    (out,) = (run / "eval").iterdir()
+    assert (out / "eval_summary.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    assert "checkpoint:" in (out / ".hydra" / "config.yaml").read_text()
