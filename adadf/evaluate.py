@@ -78,7 +78,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
 
     if cfg.checkpoint is None:
         raise UserError("checkpoint: missing; expected checkpoint=PATH (an adadf .pt or an Ada-DF .pth.tar)")
-    checkpoint = inference.read_checkpoint(cfg.checkpoint)
+    checkpoint = inference.read_checkpoint(cfg.checkpoint, bool(cfg.get("allow_pickle", False)))
     dataset = inference.dataset_config(checkpoint, cfg.get("dataset"), "python -m adadf.evaluate")
     train_seed = int((checkpoint.config or {}).get("seed", 0))
     data = app.build_data(app.dataset_node(dataset), train_seed)

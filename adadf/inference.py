@@ -65,10 +65,12 @@ def _fc_rows(state: Mapping, *keys: str) -> int | None:
     return None
 
 
-def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
-    """Read ``path`` and tell its format; a missing, truncated or foreign file is one-line UserError."""
+def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> TrainedCheckpoint:
+    """Read ``path`` (``weights_only``) and tell its format; a missing, truncated or foreign file is a
+    one-line UserError. ``allow_pickle`` (the commands' ``allow_pickle=true``): a file that needs full
+    unpickling is loaded instead of refused, running any code it holds."""
     path = Path(path).expanduser().resolve()
-    obj = load_state_file(path)
+    obj = load_state_file(path, allow_pickle, opt_in="allow_pickle=true")
     if is_adadf_checkpoint(obj):
         config = obj.get("config") if isinstance(obj.get("config"), Mapping) else None
         names = obj.get("class_names")

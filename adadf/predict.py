@@ -154,7 +154,8 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise UserError(f"batch_size={cfg.batch_size}: expected an integer >= 1")
     out = Path(_absolute(cfg.output, to_absolute_path)) if cfg.output else out_dir / "predictions.csv"
     check_output(out, cfg.output)  # before any work: not after every prediction was computed
-    checkpoint = inference.read_checkpoint(_absolute(cfg.checkpoint, to_absolute_path))
+    checkpoint = inference.read_checkpoint(_absolute(cfg.checkpoint, to_absolute_path),
+                                           bool(cfg.get("allow_pickle", False)))
     dataset = inference.dataset_config(checkpoint, cfg.get("dataset"), "python -m adadf.predict")
     num_classes = checkpoint.num_classes or int(dataset.get("num_classes", 0))
     if dataset.get("num_classes") is not None and checkpoint.num_classes not in (None, dataset["num_classes"]):

@@ -18,7 +18,7 @@ LAYERS = [
     ("parts", ["adadf.models", "adadf.data", "adadf.methods", "adadf.tracking", "adadf.faces"]),
     ("engine", ["adadf.engine"]),
     ("app", ["adadf.app", "adadf.train", "adadf.task", "adadf.cli", "adadf.inference"]),
-    ("entry points", ["adadf.evaluate", "adadf.predict", "adadf.align"]),
+    ("entry points", ["adadf.evaluate", "adadf.predict", "adadf.align", "adadf.convert"]),
 ]
 
 

@@ -299,9 +299,11 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(UserError, match="list.pth: expected a dict"):
         load_state_file(listing)
     assert isinstance(load_state_file(good)["state_dict"], dict)
-    pickled = tmp_path / "pickled.pth"  # needs weights_only=False: loaded with a warning
+    pickled = tmp_path / "pickled.pth"  # needs full unpickling: refused, unless the user opts in
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.001)}, pickled)
-    assert load_state_file(pickled)["args"].lr == 0.001
+    with pytest.raises(UserError, match=r"pickled.pth: refused: it holds argparse.Namespace, .*backbone.allow_pickle"):
+        load_state_file(pickled)
+    assert load_state_file(pickled, allow_pickle=True)["args"].lr == 0.001
 
 
 # ---------------------------------------------------------------------- reference Ada-DF checkpoint

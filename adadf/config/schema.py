@@ -109,6 +109,7 @@ class BackboneConfig:
     _target_: str = "adadf.models.build_model"
     name: str = "resnet18"  # a timm ResNet-family model
     checkpoint: Optional[str] = None  # a local pretrained / Ada-DF / adadf checkpoint file
+    allow_pickle: bool = False  # load a checkpoint that needs full unpickling: it runs any code the file holds
 
 
 @dataclass

@@ -9,6 +9,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,10 @@ import torch
 
 from adadf.atomic import atomic_path
 from adadf.errors import UserError
-from adadf.torchfile import UnreadableCheckpoint, describe, read_torch_file
+from adadf.torchfile import CONVERTER, UnreadableCheckpoint, describe, read_torch_file
+
+# What Trainer.state_dict writes: loads with weights_only=True (1: numpy RNG state, needs unpickling).
+CHECKPOINT_FORMAT = "adadf-checkpoint-2"
 
 # Less free space than this after a failed checkpoint write: the disk was full.
 FULL_DISK_BYTES = 64 * 2**20
@@ -92,7 +96,7 @@ def _fallback(path: Path) -> str:
     if path.name != "last.pt" or not best.is_file():
         return "no best.pt beside it to fall back to"
     try:
-        epoch = read_torch_file(best, trusted=True)["epoch"]
+        epoch = read_torch_file(best)["epoch"]
     except (UserError, KeyError):  # any failure means best.pt is no fallback
         return f"{best} is unreadable too"
     return (f"{best} (epoch {epoch}) is intact: it holds weights only, so start a new run from it with "
@@ -100,21 +104,55 @@ def _fallback(path: Path) -> str:
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Load an adadf training checkpoint (a file adadf wrote), or fail with one line naming the file
-    and, for an unreadable last.pt, what its run dir still offers."""
+    """Load an adadf training checkpoint (a file adadf wrote, ``weights_only``: no opt-in, a file
+    that needs unpickling is refused), or fail with one line naming the file and, for an unreadable
+    last.pt, what its run dir still offers; an older format names the converter."""
     try:
-        state = read_torch_file(path, trusted=True)
+        state = read_torch_file(path)
     except UnreadableCheckpoint as err:
         raise UserError(f"{err}; {_fallback(Path(path))}") from None
     if "model" not in state or "epoch" not in state:
         raise UserError(f"{path}: not an adadf training checkpoint (expected keys 'model' and 'epoch')")
+    if state.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise UserError(f"{path}: an adadf checkpoint of format {state['format']}, expected {CHECKPOINT_FORMAT}; "
+                        f"convert it once with `{CONVERTER} {path}`")
     return state
 
 
+def plain_data(obj: Any) -> Any:
+    """``obj`` with enums as their values and numpy scalars as Python numbers, so that it loads with
+    ``weights_only=True`` (the config's ``LDPass``; AUROCs computed with numpy in the history)."""
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {key: plain_data(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain_data(value) for value in obj)
+    return obj
+
+
+def python_rng(state: tuple) -> dict:
+    """``random.getstate()`` as plain values: (version, 625 ints, gauss_next)."""
+    version, internal, gauss_next = state
+    return {"version": version, "state": list(internal), "gauss_next": gauss_next}
+
+
+def numpy_rng(state: tuple) -> dict:
+    """``np.random.get_state()`` (legacy tuple: name, uint32 key[624], pos, has_gauss, gauss) as plain
+    values; the key as a list of ints, which holds uint32 exactly."""
+    name, key, pos, has_gauss, gauss = state
+    return {"name": name, "key": [int(k) for k in key], "pos": int(pos), "has_gauss": int(has_gauss),
+            "gauss": float(gauss)}
+
+
 def rng_state() -> dict:
+    """Every RNG's state as tensors and plain values (``weights_only`` loads them; JSON-compatible
+    apart from the torch/CUDA byte tensors), restored bit-exactly by :func:`set_rng_state`."""
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": python_rng(random.getstate()),
+        "numpy": numpy_rng(np.random.get_state()),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -123,8 +161,11 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    """Restore :func:`rng_state`'s result."""
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    np.random.set_state((npy["name"], np.array(npy["key"], dtype=np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

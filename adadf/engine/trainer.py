@@ -15,7 +15,8 @@ from torch.utils.data import RandomSampler
 
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
-from adadf.engine.checkpoint import CheckpointWriteError, rng_state, save_all_atomic, set_rng_state
+from adadf.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointWriteError, plain_data, rng_state,
+                                    save_all_atomic, set_rng_state)
 from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap, unwrap_ddp
 from adadf.engine.loop import StepContext, evaluate, observe_pass, train_one_epoch
 from adadf.engine.samples import SampleDetector
@@ -106,19 +107,22 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
+        """Everything resume needs, as tensors and plain values only: it loads with ``weights_only=True``."""
         return {
-            "format": "adadf-checkpoint-1",
-            "model": unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.ctx.scaler.state_dict(),
-            "method": self.method.state_dict(),
-            "epoch": self.progress.epoch,
-            "progress": vars(self.progress),
+            "format": CHECKPOINT_FORMAT,
+            "model": unwrap(self.model).state_dict(),  # kept as is: torch's version _metadata rides along
+            **plain_data({
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.ctx.scaler.state_dict(),
+                "method": self.method.state_dict(),
+                "epoch": self.progress.epoch,
+                "progress": vars(self.progress),
+                "config": self.config,
+                "class_names": self.data.class_names,
+                "wandb_run_id": self.logger.run_id,
+            }),
             "rng": rng_state(),
-            "config": self.config,
-            "class_names": self.data.class_names,
-            "wandb_run_id": self.logger.run_id,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
 from adadf.errors import UserError
-from adadf.torchfile import describe, read_torch_file
+from adadf.torchfile import describe, listed, read_torch_file
 from adadf.models.adadf import BRANCH_LAYERS, TRUNK_LAYERS, AdaDF
 
 log = logging.getLogger(__name__)
@@ -26,12 +26,6 @@ _BN_COUNTER = "num_batches_tracked"
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _format_keys(keys: Iterable[str], limit: int = 3) -> str:
-    keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return f"{shown} (+{len(keys) - limit} more)" if len(keys) > limit else shown
-
-
 def _shape(t: object) -> tuple[int, ...] | None:
     return tuple(t.shape) if isinstance(t, torch.Tensor) else None
 
@@ -66,11 +60,11 @@ def _raise_mismatch(path: Path, what: str, missing: list[str], unexpected: list[
         return
     parts = []
     if missing:
-        parts.append(f"{len(missing)} missing keys [{_format_keys(missing)}]")
+        parts.append(f"{len(missing)} missing keys [{listed(missing)}]")
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys [{_format_keys(unexpected)}]")
+        parts.append(f"{len(unexpected)} unexpected keys [{listed(unexpected)}]")
     if wrong:
-        parts.append(f"{len(wrong)} wrong shapes [{_format_keys(wrong)}]")
+        parts.append(f"{len(wrong)} wrong shapes [{listed(wrong)}]")
     raise UserError(f"{path}: expected {what}; " + "; ".join(parts))
 
 
@@ -121,10 +115,14 @@ def _class_distributions(model: AdaDF, path: Path, value: object) -> torch.Tenso
 
 
 # ------------------------------------------------------------------------------------- file access
-def load_state_file(path: str | Path) -> dict:
-    """A checkpoint from elsewhere (pretrained backbone, Ada-DF or adadf file), onto the CPU:
-    ``weights_only`` first (see :mod:`adadf.torchfile`); failures are one-line UserErrors."""
-    return read_torch_file(path, trusted=False)
+BACKBONE_OPT_IN = "backbone.allow_pickle=true"
+
+
+def load_state_file(path: str | Path, allow_pickle: bool = False, opt_in: str = BACKBONE_OPT_IN) -> dict:
+    """A checkpoint from elsewhere (pretrained backbone, Ada-DF or adadf file), onto the CPU with
+    ``weights_only=True``; one that needs full unpickling only with ``allow_pickle``, else refused
+    naming ``opt_in`` (see :mod:`adadf.torchfile`). Failures are one-line UserErrors."""
+    return read_torch_file(path, allow_pickle=allow_pickle, opt_in=opt_in)
 
 
 # --------------------------------------------------------------------------- pretrained ResNet file
@@ -301,7 +299,7 @@ def _load_adadf_state(model: AdaDF, obj: Mapping, path: Path) -> torch.Tensor | 
 
 # ------------------------------------------------------------------------------------------ build
 def build_model(num_classes: int, name: str = "resnet18", checkpoint: str | None = None,
-                drop_rate: float = 0.0) -> AdaDF:
+                drop_rate: float = 0.0, allow_pickle: bool = False) -> AdaDF:
     """Build an :class:`AdaDF` and optionally load weights (the ``backbone`` group's ``_target_``).
 
     ``checkpoint`` (``~`` expanded, made absolute) is auto-detected:
@@ -311,13 +309,14 @@ def build_model(num_classes: int, name: str = "resnet18", checkpoint: str | None
       - reference Ada-DF checkpoint (keys ``feature.*`` / ``branch_1*``): :func:`load_reference_checkpoint`;
       - anything else: a pretrained ResNet, :func:`load_pretrained_backbone`.
     Class distributions found in the file go to ``model.imported_state['class_dist']``, for the
-    method to start from (``Method.start_from``).
+    method to start from (``Method.start_from``). ``allow_pickle``: load a file that needs full
+    unpickling (a third-party file the user trusts: it runs any code the file contains).
     """
     model = AdaDF(num_classes, backbone=name, drop_rate=drop_rate)
     if checkpoint is None or str(checkpoint).strip() == "":
         return model
     path = Path(checkpoint).expanduser().resolve()
-    model.imported_state["class_dist"] = load_weights(model, load_state_file(path), path)
+    model.imported_state["class_dist"] = load_weights(model, load_state_file(path, allow_pickle), path)
     return model
 
 
