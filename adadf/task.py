@@ -33,6 +33,7 @@ from adadf.engine.interrupt import StopRequested
 from adadf.engine.rundir import RunDirBusy, RunLock
 from adadf.errors import UserError, first_line
 from adadf.tracking import RunFiles
+from adadf.tracking.sweep import note_refusal
 from adadf.train import ResumePoint, RunInterrupted, TrainingRun, check_resume, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,19 @@ def _error_line(err: BaseException) -> str:
     first = first_line(err, empty="")
     kind = "" if isinstance(err, UserError) else type(err).__name__
     return ": ".join(part for part in (kind, first) if part)
+
+
+def out_of_memory(err: BaseException, cfg: DictConfig, device: torch.device) -> UserError | None:
+    """Running out of memory (CPU or GPU) as one line naming the keys that size it, else None."""
+    text = str(err)
+    if not (isinstance(err, (MemoryError, torch.OutOfMemoryError)) or "can't allocate memory" in text
+            or "out of memory" in text.lower()):
+        return None
+    return UserError(
+        f"out of memory on {device} with dataset.batch_size={cfg.dataset.batch_size} and "
+        f"dataset.image_size={cfg.dataset.image_size} ({first_line(err, limit=120)}): lower dataset.batch_size "
+        "or dataset.image_size"
+    )
 
 
 def _log_to_file(line: str) -> None:
@@ -121,7 +135,11 @@ def record_refusal(cfg: DictConfig, err: UserError) -> None:
     claimed job would (summary.json with the error line, .hydra/, run.log), but only in a dir no run
     owns: never where a checkpoint exists or another run holds the lock."""
     files = RunFiles(app.run_dir())
-    if isinstance(err, RunDirBusy) or not distributed.env_world().is_main or files.run_record():
+    if not distributed.env_world().is_main:
+        return
+    if isinstance(err, RunDirBusy) or files.run_record():
+        if app.in_multirun():  # the sweep's table must not count the earlier run's files as this job's
+            note_refusal(app.sweep_dir(), files.run_dir, _error_line(err))
         return
     try:
         lock = RunLock(files.run_dir).acquire()
@@ -173,7 +191,7 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
             f"continue with trainer.resume=auto hydra.run.dir={shlex.quote(str(job.files.run_dir))}"
         )
     except Exception as err:  # noqa: BLE001 - recorded below, then raised
-        error = err
+        error = out_of_memory(err, cfg, job.device) or err
     wall = time.perf_counter() - started
     summary = run.summary(status, wall) if run else _empty_summary(status, wall)
     if status == "failed":

@@ -232,3 +232,56 @@ def test_evaluation_into_a_training_run_dir_writes_its_own_subdirectory(straight
     (out,) = (run / "eval").iterdir()
     assert (out / "eval_summary.json").is_file() and (out / ".hydra" / "config.yaml").is_file()
     assert "checkpoint:" in (out / ".hydra" / "config.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- unclear messages
+@pytest.mark.parametrize("override, line", [
+    ("seed=18446744073709551616", "seed=18446744073709551616: expected an integer in [0, 4294967295]"),
+    ("seed=4294967296", "seed=4294967296: expected an integer in [0, 4294967295]"),  # would repeat seed 0
+    ("dataset.noise_seed=-1", "dataset.noise_seed=-1: expected an integer >= 0"),
+    ("+foo=bar", "foo: unknown key (expected one of seed, name, dataset, backbone, fusion, method, optimizer, "
+                 "scheduler, trainer, logger)"),
+])
+def test_bad_values_name_their_key(tmp_path: Path, cache_dir: Path, override: str, line: str):
+    from adadf.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        train_here(tmp_path / "run", cache_dir, override)
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+
+
+def test_out_of_memory_names_the_batch_size(tmp_path: Path, cache_dir: Path, monkeypatch):
+    from adadf.engine import trainer as trainer_module
+    from adadf.errors import UserError
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 411041792 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(trainer_module, "train_one_epoch", no_memory)
+    with pytest.raises(UserError) as err:
+        train_here(tmp_path / "run", cache_dir, "trainer.epochs=1")
+    assert str(err.value).startswith("out of memory on cpu with dataset.batch_size=8 and dataset.image_size=32 (")
+    assert str(err.value).endswith("): lower dataset.batch_size or dataset.image_size")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["error"] == str(err.value)
+
+
+def test_a_rerun_sweep_reports_its_refused_jobs(run_cli, tmp_path: Path):
+    """A killed sweep re-run without trainer.resume=auto: every job is refused (its dir holds a run);
+    the table used to count the earlier run's summaries as this run's completed jobs."""
+    from conftest import FAST
+
+    sweep_dir = tmp_path / "sweep"
+    args = ["-m", *FAST, "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 1
+    assert f"sweep {sweep_dir}: 2 jobs, 0 completed, 2 failed" in again.stdout
+    assert f"refused: job 0 (debug=fast dataset.num_workers=0 trainer.epochs=1 seed=0): {sweep_dir / '0'} holds a run" \
+        in again.stdout
+    table = pd.read_csv(sweep_dir / "sweep_summary.csv")
+    assert table["status"].tolist() == ["refused", "refused"]
+    resumed = run_cli([*args[:-1], "trainer.resume=auto", args[-1]], cwd=tmp_path)  # nothing left to do
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert pd.read_csv(sweep_dir / "sweep_summary.csv")["status"].tolist() == ["completed", "completed"]

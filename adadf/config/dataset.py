@@ -33,7 +33,7 @@ class DatasetConfig:
     image_size: int = ranged(224, *at_least(16))
     val_fraction: float = ranged(0.0, *half_open01())  # > 0: a stratified validation split of train
     label_noise: float = ranged(0.0, *half_open01())  # fraction of training labels flipped (adadf.data.noise)
-    noise_seed: Optional[int] = None  # seeds the flips; None: the run's seed
+    noise_seed: Optional[int] = ranged(None, *at_least(0))  # seeds the flips; None: the run's seed
 
 
 @dataclass

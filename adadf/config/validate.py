@@ -32,10 +32,23 @@ def typed_group(cfg: DictConfig, key: str) -> Any:
     return obj
 
 
+# The keys of a training config (conf/config.yaml): its two values and its groups.
+TRAINING_KEYS = ("seed", "name", "dataset", "backbone", "fusion", "method", "optimizer", "scheduler", "trainer",
+                 "logger")
+# numpy's seeds are 32-bit: a larger seed would repeat a smaller one's draws (2**32 the same as 0).
+SEED_MAX = 2**32 - 1
+
+
 def validate_config(cfg: DictConfig) -> dict[str, Any]:
-    """Check every group of ``cfg`` against its schema's ranges; return the typed groups by name."""
-    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
-        raise UserError(f"seed={cfg.get('seed')!r}: expected an integer")
+    """Check ``cfg``'s keys, seed and every group against its schema's ranges; return the typed groups
+    by name. A key no group knows (``+foo=bar``) is refused, not silently carried along."""
+    unknown = [key for key in cfg if key not in TRAINING_KEYS]
+    if unknown:
+        raise UserError(f"{unknown[0]}: unknown key (expected one of {', '.join(TRAINING_KEYS)})")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+        raise UserError(f"seed={seed!r}: expected an integer in [0, {SEED_MAX}] (seeds are 32-bit: a larger "
+                        "one would repeat a smaller one's draws)")
     return {key: typed_group(cfg, key) for key, node in cfg.items() if isinstance(node, DictConfig)}
 
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import re
@@ -39,6 +40,9 @@ METRICS = {
     "noise_auroc": "noise AUROC: attention",  # with dataset.label_noise (adadf/engine/samples.py)
     "noise_auroc_aux_loss": "noise AUROC: aux loss",
 }
+# Jobs of this invocation refused in a dir that holds a run (a re-run sweep): their dirs keep the earlier
+# run's files untouched, so the refusal is noted here, one JSON line per job, cleared at each multirun start.
+REFUSALS = ".refusals.jsonl"
 ACCURACY_PNG = "sweep_accuracy.png"
 CURVES_PNG = "sweep_curves.png"
 LEGEND = (
@@ -70,6 +74,30 @@ def find_jobs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=order)
 
 
+def note_refusal(sweep_dir: Path, job_dir: Path, error: str) -> None:
+    """Record that the job in ``job_dir`` was refused this time (one short append: safe from parallel jobs)."""
+    line = json.dumps({"job": Path(job_dir).resolve().relative_to(Path(sweep_dir).resolve()).as_posix(),
+                       "error": error}) + "\n"
+    with open(Path(sweep_dir) / REFUSALS, "a") as f:
+        f.write(line)
+
+
+def read_refusals(sweep_dir: Path) -> dict[str, str]:
+    """Job (relative dir) -> the line it was refused with, for the jobs of the latest multirun."""
+    try:
+        lines = (Path(sweep_dir) / REFUSALS).read_text().splitlines()
+    except OSError:
+        return {}
+    notes = {}
+    for line in lines:
+        try:
+            note = json.loads(line)
+            notes[str(note["job"])] = str(note["error"])
+        except (ValueError, KeyError, TypeError):  # a torn line of a killed job: skipped
+            continue
+    return notes
+
+
 def _read_overrides(job: Path) -> list[str]:
     import yaml
 
@@ -84,17 +112,23 @@ def job_table(sweep_dir: Path, seed_keys: Sequence[str] = SEED_KEYS):
     """One row per job: ``job``, ``overrides``, one column per override key that varies across
     jobs, ``setting`` (those keys minus the seed keys), ``status``, and the summary figures.
 
-    ``status`` is ``missing`` for a job without a summary.json (still running, or killed).
+    ``status`` is ``missing`` for a job without a summary.json (still running, or killed), and
+    ``refused`` for a job the latest multirun refused (its dir holds an earlier run: its figures are
+    that run's, its ``error`` the refusal).
     """
     import pandas as pd
 
     rows = []
+    refusals = read_refusals(sweep_dir)
     for job in find_jobs(sweep_dir):
         overrides = _read_overrides(job)
         summary = RunFiles(job).read_summary() or {"status": "missing"}
-        row = {"job": job.relative_to(sweep_dir).as_posix(), "overrides": " ".join(overrides)}
+        name = job.relative_to(sweep_dir).as_posix()
+        row = {"job": name, "overrides": " ".join(overrides)}
         row |= {f"override:{k}": v for k, v in map(_split_override, overrides)}
         row |= {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+        if name in refusals:
+            row |= {"status": "refused", "error": refusals[name]}
         rows.append(row)
     frame = pd.DataFrame(rows)
     if frame.empty:
@@ -243,6 +277,9 @@ class SweepSummary(Callback):
 
     def __init__(self, seed_keys: Sequence[str] = SEED_KEYS) -> None:
         self.seed_keys = tuple(seed_keys)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        (Path(config.hydra.sweep.dir) / REFUSALS).unlink(missing_ok=True)  # the previous invocation's
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
