@@ -130,6 +130,27 @@ def dataset_node(config: Mapping[str, Any]) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema), known)
 
 
+def preflight(cfg: DictConfig) -> None:
+    """What a training run needs that can be checked before any work (before the data are decoded):
+    the backbone file, and a W&B login when logging online. One line naming the key and the fix."""
+    checkpoint = cfg.backbone.get("checkpoint")
+    if checkpoint is not None and str(checkpoint).strip():
+        path = Path(str(checkpoint)).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(
+                f"backbone.checkpoint={checkpoint}: no file at {path}; the paper's MS-Celeb-1M ResNet-18 "
+                "and where to get it: docs/datasets.md#the-pretrained-backbone-and-reproducing-the-paper; "
+                "backbone.checkpoint=null trains from scratch"
+            )
+    logger = cfg.get("logger") or {}
+    if str(logger.get("_target_", "")).endswith("WandbLogger") and logger.get("mode") == "online":
+        from adadf.tracking.loggers import wandb_logged_in
+
+        if not wandb_logged_in():
+            raise UserError("logger.mode=online: no W&B login here; run `wandb login` (or set WANDB_API_KEY), "
+                            "or log offline with logger.mode=offline and upload later with `wandb sync`")
+
+
 def build_data(node: DictConfig, seed: int, device: torch.device | None = None) -> DataBundle:
     """The dataset group's loaders (rank 0 first under torchrun: it builds any cache, the others read it).
 

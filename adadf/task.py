@@ -110,6 +110,7 @@ def claim(cfg: DictConfig) -> Claim:
     """Validate ``cfg`` and take the run dir; raises a one-line ``UserError`` before writing anything
     but the lock. Rank 0 then owns the dir: stale temp files go, ``.hydra/`` is written."""
     trainer_cfg = validate_config(cfg)["trainer"]
+    app.preflight(cfg)
     world, device = distributed.init_distributed(app.resolve_device(trainer_cfg.device))
     files = RunFiles(distributed.broadcast_object(app.run_dir()))  # every rank: rank 0's run dir
     if not world.is_main:

@@ -44,6 +44,19 @@ class NullLogger(Logger):
     """``logger=csv`` / ``logger=none``: the run files only."""
 
 
+def wandb_logged_in() -> bool:
+    """Whether W&B has an API key here (environment, ~/.netrc or its settings), without prompting and
+    without asking the server: ``logger.mode=online`` is refused before any work without one."""
+    import wandb
+
+    try:
+        return bool(wandb.login(verify=False, prompt=False))
+    except TypeError:  # an older wandb without ``prompt``: its own lookup
+        return bool(os.environ.get("WANDB_API_KEY") or wandb.api.api_key)
+    except wandb.errors.UsageError:
+        return False
+
+
 class WandbLogger(Logger):
     """Weights & Biases through the real ``wandb`` library.
 
