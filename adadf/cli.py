@@ -35,9 +35,8 @@ def _config_error(err: BaseException) -> str:
     schema = getattr(cause, "object_type", None)
     reason = first_line(cause)
     override = re.search(r"override (\S+)", first_line(err))
-    if key and schema is not None and dataclasses.is_dataclass(schema) and " not in " in reason:
-        names = ", ".join(field_names(schema))
-        return f"{key}: unknown key (expected one of {names})"
+    if key and " not in " in reason:
+        return _unknown_key(key, schema, getattr(cause, "parent_node", None))
     if key:
         where = override.group(1) if override else key
         return f"{where}: {reason}"
@@ -47,6 +46,17 @@ def _config_error(err: BaseException) -> str:
     if "Available options" in str(err):
         return f"{head} (available: {', '.join(options)})"
     return "; ".join(lines)
+
+
+def _unknown_key(key: str, schema: Any, parent: Any) -> str:
+    """``key: unknown key (expected one of ...)``, the same line for every command. A key of a group
+    with a schema is a typo; elsewhere (a plain node such as adadf-eval's dataset overrides) a key
+    that is not there yet may be added on purpose: the line says how (a leading ``+``)."""
+    if schema is not None and dataclasses.is_dataclass(schema):
+        return f"{key}: unknown key (expected one of {', '.join(field_names(schema))})"
+    names = [str(k) for k in (parent.keys() if hasattr(parent, "keys") else []) if k != "hydra"]
+    expected = f"expected one of {', '.join(names)}; " if names else ""
+    return f"{key}: unknown key ({expected}to add a new key, use a leading +: +{key}=...)"
 
 
 # A file the user's machine will not let us write (or read): the user's to fix, not a bug.

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from adadf import app
-from adadf.atomic import stale_temp_files
+from adadf.atomic import atomic_path, stale_temp_files
 from adadf.config import validate_config
 from adadf.engine import distributed
 from adadf.engine.interrupt import StopRequested
@@ -164,7 +165,19 @@ def start(cfg: DictConfig, job: Claim) -> TrainingRun:
     run = TrainingRun(cfg, job.world, job.device, job.files, job.resume_from, checked)
     if job.record is not None:
         job.files.write_hydra_record(job.record)
+        _adopt_best(job.resume_from, job.files)
     return run
+
+
+def _adopt_best(resume_from: Path, files: RunFiles) -> None:
+    """A run resumed from another dir (``trainer.resume=<old>/last.pt``) starts with that run's
+    best.pt, so the new dir is whole (adadf-eval needs it) even before an epoch improves on it."""
+    best = resume_from.with_name("best.pt")
+    if best == files.best_checkpoint or not best.is_file() or files.best_checkpoint.exists():
+        return
+    with atomic_path(files.best_checkpoint) as tmp:
+        shutil.copyfile(best, tmp)
+    log.info("copied %s into %s", best, files.checkpoint_dir)
 
 
 def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:

@@ -194,6 +194,10 @@ class TrainingRun:
 
     def fit(self) -> None:
         """Train the remaining epochs; SIGINT/SIGTERM raise ``StopRequested`` after a checkpoint."""
+        epochs = self.parts.trainer.epochs
+        if self.epoch >= epochs:  # a finished run resumed: say so rather than nothing
+            log.info("nothing to do: %s is already at epoch %d (trainer.epochs=%d); pass a larger trainer.epochs "
+                     "to extend it", self.files.run_dir, self.epoch, epochs)
         with StopFlag() as stop:
             self.parts.ctx.stop = distributed.AgreedStopFlag(stop) if self.world.enabled else stop
             self.trainer.fit()

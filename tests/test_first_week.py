@@ -33,3 +33,41 @@ def test_wandb_online_without_a_login_is_one_line_before_any_work(compose_cfg, t
     app.preflight(compose_cfg(["logger=wandb", "logger.mode=offline"]))  # offline needs no login
     monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
     app.preflight(cfg)  # a key: nothing to say
+
+
+@pytest.mark.parametrize("config, override, line", [
+    ("config", "trainer.foo=1", "trainer.foo: unknown key (expected one of epochs, device, "),
+    ("config", "foo=1", "foo: unknown key (expected one of seed, name, dataset, backbone, fusion, method, "
+                        "optimizer, scheduler, trainer, logger; to add a new key, use a leading +: +foo=...)"),
+    ("eval", "dataset.verify_images=exists", "dataset.verify_images: unknown key (expected one of root, batch_size, "
+                                             "num_workers, image_size; to add a new key, use a leading +: "
+                                             "+dataset.verify_images=...)"),
+    ("predict", "tta_x=1", "tta_x: unknown key (expected one of checkpoint, "),
+])
+def test_every_command_says_unknown_keys_the_same_way(config: str, override: str, line: str):
+    """adadf-eval and adadf-predict printed raw OmegaConf (``'tta_x'.: Key 'tta_x' is not in struct``)."""
+    from hydra import compose, initialize_config_dir
+
+    from adadf.cli import one_line
+    from conftest import CONF
+
+    with pytest.raises(Exception) as err:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            compose(config, overrides=[override])
+    assert one_line(err.value).startswith(line)
+
+
+def test_a_run_resumed_into_a_new_dir_is_whole(tmp_path: Path, cache_dir: Path, caplog):
+    import logging
+
+    from adadf.engine.checkpoint import load_checkpoint
+
+    old = tmp_path / "old"
+    train_here(old, cache_dir, "trainer.epochs=1")
+    new = tmp_path / "new"
+    with caplog.at_level(logging.INFO):
+        summary = train_here(new, cache_dir, "trainer.epochs=1", f"trainer.resume={old / 'checkpoints' / 'last.pt'}")
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 1
+    assert load_checkpoint(new / "checkpoints" / "best.pt")["epoch"] == 1  # adadf-eval finds it
+    assert f"nothing to do: {new} is already at epoch 1 (trainer.epochs=1); pass a larger trainer.epochs" \
+        in caplog.text
