@@ -42,6 +42,11 @@ def run_dir() -> Path:
     return Path.cwd()
 
 
+def job_number() -> int:
+    """This job's number in its multirun (0 outside one)."""
+    return int(HydraConfig.get().job.num) if in_multirun() else 0
+
+
 def sweep_dir() -> Path | None:
     return Path(HydraConfig.get().sweep.dir) if in_multirun() else None
 

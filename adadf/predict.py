@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from adadf.atomic import save_image
 from adadf.cli import job, workers_option
 from adadf.errors import UserError
-from adadf.threads import threaded_map, torch_threads
+from adadf.threads import bar_disabled, threaded_map, torch_threads
 from adadf.faces.detector import LANDMARK_NAMES
 
 log = logging.getLogger(__name__)
@@ -353,7 +353,8 @@ def predict_face_video(predictor: FacePredictor, path: Path, names: Sequence[str
     predicted = 0
     with contextlib.ExitStack() as stack:
         write = stack.enter_context(video_writer(annotate_to, info.fps)) if annotate_to is not None else None
-        bar = stack.enter_context(tqdm(total=info.frames, desc="video", unit="frame", disable=not progress))
+        bar = stack.enter_context(tqdm(total=info.frames, desc="video", unit="frame",
+                                        disable=bar_disabled(progress)))
         regions, probs = [], torch.zeros(0, 0)
         for frame in read_frames(path, every=1 if write is not None else every, count=count):  # annotating: all
             bar.update()

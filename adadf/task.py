@@ -15,13 +15,14 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -243,18 +244,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         job.release()
 
 
+class _JobLabel(logging.Filter):
+    """Starts each log line of a multirun job with ``[job N]`` (once, whatever the handlers)."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__()
+        self.label = f"[job {number}] "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not getattr(record, "adadf_job_label", False):
+            record.msg, record.adadf_job_label = f"{self.label}{record.msg}", True
+        return True
+
+
+@contextlib.contextmanager
+def job_labelled(number: int) -> Iterator[None]:
+    """Label this job's log lines on every handler of the root logger while the block runs."""
+    label, handlers = _JobLabel(number), list(logging.getLogger().handlers)
+    for handler in handlers:
+        handler.addFilter(label)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(label)
+
+
 def run_task(cfg: DictConfig) -> float | None:
     """What ``run.py`` runs for each job: the objective, or None for a failed job of a multirun."""
     if not app.in_multirun():
         return objective(train(cfg))
-    try:
-        return objective(train(cfg))  # a failure is recorded in the job's dir before it gets here
-    except RunInterrupted as err:
-        raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
-                         f"{shlex.quote(str(app.sweep_dir()))}") from None
-    except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
-        if isinstance(err, UserError):
-            log.error("job failed: %s", _error_line(err))
-        else:
-            log.error("job failed", exc_info=err)
-        return None
+    with job_labelled(app.job_number()):  # parallel jobs share one console
+        try:
+            return objective(train(cfg))  # a failure is recorded in the job's dir before it gets here
+        except RunInterrupted as err:
+            raise SystemExit(f"{err}\nsweep stopped; rebuild its table with: python -m adadf.tracking.sweep "
+                             f"{shlex.quote(str(app.sweep_dir()))}") from None
+        except Exception as err:  # noqa: BLE001 - one failed job must not stop the sweep
+            if isinstance(err, UserError):
+                log.error("job failed: %s", _error_line(err))
+            else:
+                log.error("job failed", exc_info=err)
+            return None

@@ -1,4 +1,5 @@
-"""Torch's intra-op thread count for a block of work, restored afterwards."""
+"""Work spread over threads: torch's intra-op thread count for a block, restored afterwards; a
+threaded map with a progress bar (on a terminal only)."""
 from __future__ import annotations
 
 import contextlib
@@ -25,6 +26,12 @@ def torch_threads(threads: Any) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def bar_disabled(progress: bool) -> bool | None:
+    """tqdm's ``disable=`` for a ``progress`` switch: None draws the bar on a terminal only, so a log
+    file or a pipe never gets carriage-return lines; True never draws it."""
+    return None if progress else True
+
+
 def threaded_map(fn: Callable[[T], R], items: Sequence[T], workers: int, *, desc: str, unit: str = "img",
                  progress: bool = True) -> Iterator[R]:
     """``fn`` over ``items`` in ``workers`` threads (torch and Pillow release the GIL, so threads
@@ -35,7 +42,7 @@ def threaded_map(fn: Callable[[T], R], items: Sequence[T], workers: int, *, desc
     from tqdm import tqdm
 
     with ThreadPoolExecutor(max_workers=workers) as pool, \
-            tqdm(total=len(items), desc=desc, unit=unit, disable=not progress) as bar:
+            tqdm(total=len(items), desc=desc, unit=unit, disable=bar_disabled(progress)) as bar:
         for result in pool.map(fn, items):
             bar.update()
             yield result

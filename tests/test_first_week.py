@@ -71,3 +71,11 @@ def test_a_run_resumed_into_a_new_dir_is_whole(tmp_path: Path, cache_dir: Path, 
     assert load_checkpoint(new / "checkpoints" / "best.pt")["epoch"] == 1  # adadf-eval finds it
     assert f"nothing to do: {new} is already at epoch 1 (trainer.epochs=1); pass a larger trainer.epochs" \
         in caplog.text
+
+
+def test_progress_bars_only_on_a_terminal(capsys):
+    """align/predict drew carriage-return progress bars into log files and pipes."""
+    from adadf.threads import threaded_map
+
+    assert list(threaded_map(str, range(5), 2, desc="predict", progress=True)) == ["0", "1", "2", "3", "4"]
+    assert "\r" not in capsys.readouterr().err  # pytest's capture is no terminal

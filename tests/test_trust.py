@@ -282,6 +282,8 @@ def test_a_rerun_sweep_reports_its_refused_jobs(run_cli, tmp_path: Path):
         in again.stdout
     table = pd.read_csv(sweep_dir / "sweep_summary.csv")
     assert table["status"].tolist() == ["refused", "refused"]
+    log = again.stdout + again.stderr
+    assert "[job 0] job failed: " in log and "[job 1] job failed: " in log  # parallel jobs' lines say whose
     resumed = run_cli([*args[:-1], "trainer.resume=auto", args[-1]], cwd=tmp_path)  # nothing left to do
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     assert pd.read_csv(sweep_dir / "sweep_summary.csv")["status"].tolist() == ["completed", "completed"]
