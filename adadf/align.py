@@ -45,12 +45,12 @@ from PIL import Image
 
 from adadf.atomic import atomic_path, save_image, stale_temp_files
 from adadf.cli import job, workers_option
+from adadf.conf import CONFIG_PATH
 from adadf.errors import UserError
 from adadf.threads import threaded_map, torch_threads
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 REPORT_NAME = "align_report.csv"
 REPORT_COLUMNS = ("path", "status", "faces", "written", "detail")
 MULTIPLE_POLICIES = ("largest", "confident", "skip")
@@ -357,7 +357,7 @@ def _absolute(path: str) -> str:
     return str(Path(str(path)).expanduser().absolute())
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="align")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="align")
 @job
 def _main(cfg: DictConfig) -> None:
     align_command(cfg)

@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from adadf.cli import job
+from adadf.conf import CONFIG_PATH
 from adadf.errors import UserError
 from adadf.tracking import plots
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
     from adadf.engine.loop import EvalResult
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def write_confusion_csv(confusion: torch.Tensor, names: Sequence[str], path: Path) -> None:
@@ -113,7 +112,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 @job
 def _main(cfg: DictConfig) -> float:
     from adadf.app import command_dir

@@ -25,13 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from adadf.atomic import save_image
 from adadf.cli import job, workers_option
+from adadf.conf import CONFIG_PATH
 from adadf.errors import UserError
 from adadf.threads import bar_disabled, threaded_map, torch_threads
 from adadf.faces.detector import LANDMARK_NAMES
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def list_inputs(spec: str | os.PathLike) -> list[Path]:
@@ -439,7 +438,7 @@ def _absolute(path: str, to_absolute: Callable[[str], str]) -> str:
         return str(Path(path).absolute())
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="predict")
 @job
 def _main(cfg: DictConfig) -> None:
     from adadf.app import command_dir

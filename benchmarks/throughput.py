@@ -5,7 +5,7 @@
     python benchmarks/throughput.py --root ./datasets/raf-basic    # a real RAF-DB
     python benchmarks/throughput.py -- trainer.amp=true trainer.channels_last=true   # config overrides
 
-The config is composed from conf/ (``dataset=raf`` plus the overrides after ``--``), so every
+The config is composed from adadf/conf/ (``dataset=raf`` plus the overrides after ``--``), so every
 figure uses the RAF recipe at 224 px, the configured backbone, batch size and workers. Without
 ``--root`` a RAF-DB layout dataset of 100x100 JPEGs is written once from the built-in synthetic
 faces (``--train`` / ``--test`` images) under ``$ADADF_CACHE_DIR/bench`` (else ~/.cache/adadf/bench).
@@ -233,7 +233,7 @@ def write_synthetic_raf(root: Path, train: int, test: int, size: int = 100, seed
 # --------------------------------------------------------------------------------------------
 def compose_cfg(overrides: list[str]):
     register_schemas()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(ROOT / "adadf" / "conf"), version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 

@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from adadf.config import register_schemas
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "adadf" / "conf"  # the Hydra configs ship inside the package (pkg://adadf.conf)
 
 register_schemas()  # what every entry point does before Hydra composes
 

@@ -1,4 +1,4 @@
-"""Each Ada-DF ablation (conf/method/adadf_*.yaml) changes exactly what its name says: a one-step
+"""Each Ada-DF ablation (adadf/conf/method/adadf_*.yaml) changes exactly what its name says: a one-step
 loss check per config, plus the one-line refusals of switches that do not fit."""
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ ALL = [(g, o) for g in GROUPS for o in options(g)]
 
 def test_every_group_has_options():
     for group in GROUPS:
-        assert options(group), f"conf/{group} is empty"
+        assert options(group), f"adadf/conf/{group} is empty"
 
 
 @pytest.mark.parametrize("group,option", ALL, ids=[f"{g}={o}" for g, o in ALL])

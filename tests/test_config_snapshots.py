@@ -14,7 +14,7 @@ NAMES = sorted(p.stem for p in SNAPSHOTS.glob("*.yaml"))
 
 
 def test_every_experiment_has_a_snapshot():
-    experiments = {p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml")}
+    experiments = {p.stem for p in (Path(__file__).parents[1] / "adadf" / "conf" / "experiment").glob("*.yaml")}
     assert experiments | {"default"} == set(NAMES)
 
 

@@ -534,7 +534,7 @@ def test_experiment_settings(compose_cfg, experiment, dataset, threshold, beta, 
 def test_pipeline_auto_is_every_image_datasets_default(option):
     """The schema default, and no dataset YAML overrides it."""
     assert DATASET_SCHEMAS[option]().pipeline == "auto"
-    text = (Path(__file__).resolve().parents[1] / "conf" / "dataset" / f"{option}.yaml").read_text()
+    text = (Path(__file__).resolve().parents[1] / "adadf" / "conf" / "dataset" / f"{option}.yaml").read_text()
     assert "\npipeline:" not in text
 
 

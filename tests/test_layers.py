@@ -14,11 +14,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adadf"
 # Lowest first. A module may import modules of its own layer or below.
 LAYERS = [
     ("base", ["adadf.errors", "adadf.atomic", "adadf.torchfile", "adadf.threads", "adadf.fusion", "adadf.metrics"]),
-    ("config", ["adadf.config"]),
+    ("config", ["adadf.config", "adadf.conf"]),
     ("parts", ["adadf.models", "adadf.data", "adadf.methods", "adadf.tracking", "adadf.faces"]),
     ("engine", ["adadf.engine"]),
     ("app", ["adadf.app", "adadf.train", "adadf.task", "adadf.cli", "adadf.inference"]),
-    ("entry points", ["adadf.evaluate", "adadf.predict", "adadf.align", "adadf.convert"]),
+    ("entry points", ["adadf.train_cli", "adadf.evaluate", "adadf.predict", "adadf.align", "adadf.convert"]),
 ]
 
 

@@ -16,7 +16,7 @@ PLUGINS = Path(__file__).parent / "plugins"
 
 
 def test_a_new_method_is_one_module_and_one_yaml(cache_dir, tmp_path):
-    """tests/plugins holds tiny_method.py and conf/method/tiny.yaml; nothing in adadf/ or conf/ knows it."""
+    """tests/plugins holds tiny_method.py and conf/method/tiny.yaml; nothing in adadf/ (or adadf/conf/) knows it."""
     env = cli_env(cache_dir)
     env["PYTHONPATH"] = os.pathsep.join([str(PLUGINS), env.get("PYTHONPATH", "")])
     out = tmp_path / "run"

@@ -10,13 +10,14 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 
-from conftest import FAST, ROOT
+from conftest import CONF, FAST, ROOT
 from wandb_offline import wandb_run
 from adadf.config import validate_config
 from adadf import task as task_mod
 from adadf.tracking import sweep as sweep_mod
 
-SWEEPS = ROOT / "sweeps"
+SWEEPS = CONF / "sweep"  # the config group `sweep` (-m sweep=<name>)
+WANDB_SWEEPS = ROOT / "sweeps" / "wandb"  # W&B's own sweep files, for a checkout: they run run.py
 
 
 # --------------------------------------------------------------------------------------------
@@ -156,7 +157,7 @@ def test_failure_during_training_ends_wandb_run_with_nonzero_exit(compose_cfg, c
 
 @pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_sweep_params_are_valid_overrides(compose_cfg, path: Path):
-    """Every value a sweep in sweeps/ sets composes and passes validation (first/last of ranges)."""
+    """Every value a sweep in adadf/conf/sweep/ sets composes and passes validation (first/last of ranges)."""
     cfg = yaml.safe_load(path.read_text())
     params = cfg["hydra"]["sweeper"]["params"]
     assert params
@@ -181,7 +182,7 @@ def test_sweep_group_is_found_by_run_py(run_cli, tmp_path: Path):
 
 
 def test_wandb_sweep_yaml_drives_run_py_with_valid_overrides(compose_cfg):
-    [path] = (SWEEPS / "wandb").glob("*.yaml")
+    [path] = WANDB_SWEEPS.glob("*.yaml")
     spec = yaml.safe_load(path.read_text())
     assert (ROOT / spec["program"]).is_file() and spec["program"] == "run.py"
     assert spec["command"] == ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]

@@ -1,6 +1,6 @@
 """Schemas of the ``dataset`` config group: every key's default and range, written once.
 
-One dataclass per option of ``conf/dataset/`` (:data:`DATASET_SCHEMAS`, keyed by the option name),
+One dataclass per option of ``adadf/conf/dataset/`` (:data:`DATASET_SCHEMAS`, keyed by the option name),
 registered with Hydra's ConfigStore as ``schema/dataset/<option>``; each YAML file extends its schema
 and holds only what differs. The builder named by ``_target_`` takes exactly these keys (minus
 ``_target_``) plus the run's ``loader_seed`` and keeps no defaults of its own.

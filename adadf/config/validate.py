@@ -32,7 +32,7 @@ def typed_group(cfg: DictConfig, key: str) -> Any:
     return obj
 
 
-# The keys of a training config (conf/config.yaml): its two values and its groups.
+# The keys of a training config (adadf/conf/config.yaml): its two values and its groups.
 TRAINING_KEYS = ("seed", "name", "dataset", "backbone", "fusion", "method", "optimizer", "scheduler", "trainer",
                  "logger")
 # numpy's seeds are 32-bit: a larger seed would repeat a smaller one's draws (2**32 the same as 0).

@@ -411,7 +411,7 @@ class TrainBatchTransform:
 
 
 # --------------------------------------------------------------------------------------------
-# Builder (Hydra _target_ of conf/dataset/synthetic.yaml)
+# Builder (Hydra _target_ of adadf/conf/dataset/synthetic.yaml)
 # --------------------------------------------------------------------------------------------
 def build_synthetic(
     *,

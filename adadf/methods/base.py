@@ -2,7 +2,7 @@
 
 A method owns its loss, what it learns between epochs (and from which pass over the data), its state
 for checkpoints and the terms it logs. The epoch loop only sums and logs the scalar terms ``loss``
-returns. Adding a method means one module (a subclass) and one YAML in ``conf/method/``.
+returns. Adding a method means one module (a subclass) and one YAML in ``adadf/conf/method/``.
 """
 from __future__ import annotations
 

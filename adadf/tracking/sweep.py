@@ -1,6 +1,6 @@
 """A multirun's results table (each job's failures are recorded by ``adadf.task``).
 
-- ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in conf/config.yaml) writes
+- ``SweepSummary`` (a Hydra callback, ``hydra.callbacks`` in adadf/conf/config.yaml) writes
   ``sweep_summary.csv`` (one row per job) and ``sweep_summary_by_setting.csv`` (jobs that differ
   only by seed, as mean and std) into the sweep dir, prints the table, and exits non-zero if any
   job failed.
