@@ -48,6 +48,7 @@ from adadf.cli import job, workers_option
 from adadf.conf import CONFIG_PATH
 from adadf.errors import UserError
 from adadf.threads import threaded_map, torch_threads
+from adadf.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,9 @@ def align_tree(input_root: Path, output_root: Path, detector, settings: AlignSet
     recover_journal(report, still_there=set(images))
     copied = sum(copy_file(input_root / rel, output_root / rel) for rel in others)  # label files first
     todo = [rel for rel in images if not (output_root / rel).exists()]
-    log.info("%d images under %s: %d to align, %d already aligned; %d other files copied (%d up to date)",
-             len(images), input_root, len(todo), len(images) - len(todo), copied, len(others) - copied)
+    log.info("%s under %s: %d to align, %d already aligned; %s copied (%d up to date)",
+             counted(len(images), "image"), input_root, len(todo), len(images) - len(todo),
+             counted(copied, "other file"), len(others) - copied)
 
     with ReportJournal(journal_path(report)) as journal:
         def one(rel: str) -> ReportRow | None:
@@ -234,7 +236,7 @@ def align_tree(input_root: Path, output_root: Path, detector, settings: AlignSet
     counts = {status: sum(r.status == status for r in rows) for status in ("no_face", "multiple_faces",
                                                                            "unreadable", "failed")}
     written = len(todo) - sum(not r.written for r in rows)
-    log.info("aligned %d images (%s) -> %s; report: %s", written,
+    log.info("aligned %s (%s) -> %s; report: %s", counted(written, "image"),
              ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "each with one face", output_root, report)
     return {"images": len(images), "aligned": written, "existing": len(images) - len(todo),
             "copied": copied, "report": report, **counts}
@@ -272,7 +274,7 @@ def remove_stale_temps(folders: Iterable[Path], report: Path) -> None:
     for path in sorted(stale):
         path.unlink(missing_ok=True)
     if stale:
-        log.info("removed %d temp files an interrupted run left (e.g. %s)", len(stale), min(stale))
+        log.info("removed %s an interrupted run left (e.g. %s)", counted(len(stale), "temp file"), min(stale))
 
 
 def journal_path(report: Path) -> Path:

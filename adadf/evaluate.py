@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from adadf.cli import job
 from adadf.conf import CONFIG_PATH
+from adadf.config.dataset import dataset_name
 from adadf.errors import UserError
 from adadf.tracking import plots
+from adadf.words import counted
 
 if TYPE_CHECKING:
     from adadf.engine.loop import EvalResult
@@ -93,10 +95,10 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     result = evaluate(model, data.test_loader, data.num_classes, ctx, batch_transform=data.eval_batch_transform)
 
     info = {"checkpoint": str(checkpoint.path), "format": checkpoint.format, "epoch": checkpoint.epoch,
-            "dataset": dataset.get("_target_"), "dataset_root": dataset.get("root")}
+            "dataset": dataset_name(dataset), "dataset_root": dataset.get("root")}
     summary = write_report(result, data.class_names, out_dir, info)
-    log.info("%s on %s: acc %.2f%%, mean-class %.2f%% (%d images); results in %s", checkpoint.path.name,
-             dataset.get("_target_"), result.acc, result.mean_class_acc, summary["num_images"], out_dir)
+    log.info("%s on %s: acc %.2f%%, mean-class %.2f%% (%s); results in %s", checkpoint.path.name,
+             info["dataset"], result.acc, result.mean_class_acc, counted(summary["num_images"], "image"), out_dir)
 
     logger = app.build_logger(cfg, job_type="eval", name=f"eval-{checkpoint.path.stem}")
     logger.start(out_dir, {"evaluate": OmegaConf.to_container(cfg, resolve=True), "dataset": dataset})

@@ -28,6 +28,7 @@ from adadf.cli import job, workers_option
 from adadf.conf import CONFIG_PATH
 from adadf.errors import UserError
 from adadf.threads import bar_disabled, threaded_map, torch_threads
+from adadf.words import counted
 from adadf.faces.detector import LANDMARK_NAMES
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ def list_inputs(spec: str | os.PathLike) -> list[Path]:
         if not found:
             raise UserError(f"input={spec}: no image files in this folder ({len(videos)} videos{hint})")
         if videos:
-            log.warning("input=%s: %d videos in the folder are not predicted, only its %d images%s",
-                        spec, len(videos), len(found), hint)
+            log.warning("input=%s: %s in the folder are not predicted, only its %s%s",
+                        spec, counted(len(videos), "video"), counted(len(found), "image"), hint)
         return [p.absolute() for p in found]
     if not path.is_file():
         problem = "a symbolic link loop" if is_link_loop(path) else "no such file or folder"
@@ -179,7 +180,7 @@ def predict_command(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if not done:
         raise UserError(f"input={cfg.input}: none of the {len(paths)} images could be read (see the warnings)")
     write_predictions(done, probs, names, out)
-    log.info("%d images predicted%s -> %s", len(done),
+    log.info("%s predicted%s -> %s", counted(len(done), "image"),
              f", {len(skipped)} unreadable skipped" if skipped else "", out)
     return {"predictions": out, "num_predicted": len(done), "skipped": [str(p) for p in skipped]}
 
@@ -403,7 +404,8 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
         video_out = out.parent / f"{source.stem}_annotated.mp4" if annotate else None
         result = predict_face_video(predictor, source, names, every=every, annotate_to=video_out, progress=progress)
         write_face_predictions(result["rows"], names, out, video=True)
-        log.info("%d faces in %d frames of %s%s -> %s", len(result["rows"]), result["frames"], source,
+        log.info("%s in %s of %s%s -> %s", counted(len(result["rows"]), "face"),
+                 counted(result["frames"], "frame"), source,
                  " (incomplete: see the warning)" if result["incomplete"] else "", out)
         return {"predictions": out, "num_predicted": len(result["rows"]), **result}
     root = source if source.is_dir() else None
@@ -413,7 +415,8 @@ def predict_faces_command(cfg: DictConfig, model: torch.nn.Module, transform: Ca
     if len(result["skipped"]) == len(paths):
         raise UserError(f"input={cfg.input}: none of the {len(paths)} images could be read (see the warnings)")
     write_face_predictions(result["rows"], names, out)
-    log.info("%d faces in %d images predicted%s -> %s", len(result["rows"]), len(paths) - len(result["skipped"]),
+    log.info("%s in %s predicted%s -> %s", counted(len(result["rows"]), "face"),
+             counted(len(paths) - len(result["skipped"]), "image"),
              "".join(f", {len(result[k])} {k.replace('_', ' ')}" for k in ("skipped", "no_face") if result[k]), out)
     return {"predictions": out, "num_predicted": len(result["rows"]), **result}
 

@@ -36,6 +36,7 @@ from adadf.engine.rundir import RunDirBusy, RunLock
 from adadf.errors import UserError, first_line
 from adadf.tracking import RunFiles
 from adadf.tracking.sweep import note_refusal
+from adadf.words import counted
 from adadf.train import ResumePoint, RunInterrupted, TrainingRun, check_resume, find_resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _remove_stale_temp_files(files: RunFiles) -> None:
     for path in stale:
         path.unlink(missing_ok=True)
     if stale:
-        log.info("removed %d temp file(s) (%.1f MB) a killed run left in %s", len(stale), size / 2**20,
+        log.info("removed %s (%.1f MB) a killed run left in %s", counted(len(stale), "temp file"), size / 2**20,
                  files.checkpoint_dir)
 
 

@@ -79,3 +79,20 @@ def test_progress_bars_only_on_a_terminal(capsys):
 
     assert list(threaded_map(str, range(5), 2, desc="predict", progress=True)) == ["0", "1", "2", "3", "4"]
     assert "\r" not in capsys.readouterr().err  # pytest's capture is no terminal
+
+
+def test_numbers_as_people_read_them():
+    """Mean-class accuracy came out in float32 (58.999996185302734 beside 59.0); "1 faces", "1 jobs";
+    eval_summary.json named the dataset by its builder's import path."""
+    import torch
+
+    from adadf.config.dataset import dataset_name
+    from adadf.engine.loop import summarize_confusion
+    from adadf.words import counted
+
+    result = summarize_confusion(torch.tensor([[59, 41, 0], [0, 383, 317], [0, 0, 0]]))
+    assert result.acc == 100 * 442 / 800 and result.per_class_acc[:2] == [59.0, 100 * 383 / 700]
+    assert result.mean_class_acc == (59.0 + 100 * 383 / 700) / 2  # float64 throughout
+    assert (counted(1, "face"), counted(2, "face"), counted(0, "job")) == ("1 face", "2 faces", "0 jobs")
+    assert dataset_name({"_target_": "adadf.data.synthetic.build_synthetic", "num_classes": 7}) == "synthetic"
+    assert dataset_name({"_target_": "adadf.data.affectnet.build_affectnet", "num_classes": 8}) == "affectnet8"

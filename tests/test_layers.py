@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "adadf"
 
 # Lowest first. A module may import modules of its own layer or below.
 LAYERS = [
-    ("base", ["adadf.errors", "adadf.atomic", "adadf.torchfile", "adadf.threads", "adadf.fusion", "adadf.metrics"]),
+    ("base", ["adadf.errors", "adadf.atomic", "adadf.torchfile", "adadf.threads", "adadf.words", "adadf.fusion",
+              "adadf.metrics"]),
     ("config", ["adadf.config", "adadf.conf"]),
     ("parts", ["adadf.models", "adadf.data", "adadf.methods", "adadf.tracking", "adadf.faces"]),
     ("engine", ["adadf.engine"]),

@@ -103,6 +103,15 @@ def dataset_schema(target: str | None) -> type[DatasetConfig] | None:
     return next((s for s in DATASET_SCHEMAS.values() if s._target_ == target), None)
 
 
+def dataset_name(config: dict) -> str:
+    """The ``dataset=`` option a recorded dataset config came from (``raf``, ``affectnet8`` ...), for
+    people to read; its ``_target_`` when no option builds it."""
+    target = config.get("_target_")
+    names = [name for name, schema in DATASET_SCHEMAS.items() if schema._target_ == target]
+    exact = [name for name in names if DATASET_SCHEMAS[name].num_classes == config.get("num_classes")]
+    return (exact or names or [str(target)])[0]
+
+
 DATASET_SCHEMAS: dict[str, type[DatasetConfig]] = {
     "synthetic": SyntheticConfig,
     "raf": RafConfig,

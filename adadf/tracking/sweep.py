@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 from adadf.errors import UserError
 from adadf.tracking.files import RunFiles, write_text_atomic
+from adadf.words import counted
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def format_table(sweep_dir: Path, jobs, settings) -> str:
             shown[label] = [_mean_std(m, s) for m, s in zip(settings[f"{key}_mean"], settings[f"{key}_std"])]
     legend = LEGEND.splitlines()
     lines = [
-        f"sweep {sweep_dir}: {len(jobs)} jobs, {len(jobs) - len(failed)} completed, {len(failed)} failed",
+        f"sweep {sweep_dir}: {counted(len(jobs), 'job')}, {len(jobs) - len(failed)} completed, {len(failed)} failed",
         *_text_table(shown),
         "accuracies in %, mean ± std over the completed jobs of a setting (its seeds)",
         *(legend if honest else legend[:2] + ["[honest] not measured: add dataset.val_fraction=0.1 for "
@@ -287,7 +288,7 @@ class SweepSummary(Callback):
         failed = int((jobs["status"] != "completed").sum())
         if failed:
             # SystemExit passes Hydra's callback wrapper (which only warns on exceptions).
-            raise SystemExit(f"{failed} of {len(jobs)} jobs failed (see {sweep_dir / JOB_CSV})")
+            raise SystemExit(f"{failed} of {counted(len(jobs), 'job')} failed (see {sweep_dir / JOB_CSV})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
