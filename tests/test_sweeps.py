@@ -134,6 +134,8 @@ def test_optuna_sweep_two_trials_on_validation_accuracy(run_cli, tmp_path: Path)
     table = pd.read_csv(sweep_dir / sweep_mod.JOB_CSV)
     assert table["test_acc_at_best_val"].tolist() == pytest.approx([s["test_acc_at_best_val"] for s in summaries])
     assert "test acc @ best val [honest]" in proc.stdout and "best test acc [ref]" in proc.stdout
+    log = proc.stdout + proc.stderr  # plain lines for a file or a pipe (issue 19)
+    assert "\x1b[" not in log and "setup plugin alembic" not in log and "A new study created" in log
 
 
 # --------------------------------------------------------------------------------------------

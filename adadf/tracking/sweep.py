@@ -273,6 +273,18 @@ def write_plots(sweep_dir: Path, jobs, settings) -> list[Path]:
     return written
 
 
+def plain_sweeper_logs(sweeper: str) -> None:
+    """Before the sweeper is built: alembic (imported by Optuna's storage) logs a "setup plugin" line per
+    plugin, and Optuna colours its own lines with ANSI codes even into files and pipes. Keep alembic to
+    warnings, and send Optuna's lines through the job's logging like every other line."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    if "optuna" in sweeper.lower():
+        import optuna
+
+        optuna.logging.disable_default_handler()
+        optuna.logging.enable_propagation()
+
+
 class SweepSummary(Callback):
     """Hydra callback: at the end of every multirun, the sweep's table; non-zero exit if a job failed."""
 
@@ -281,6 +293,7 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         (Path(config.hydra.sweep.dir) / REFUSALS).unlink(missing_ok=True)  # the previous invocation's
+        plain_sweeper_logs(str(config.hydra.sweeper.get("_target_", "")))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
