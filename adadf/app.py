@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import logging
 import time
 from contextlib import nullcontext
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+import hydra.utils
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, read_write
@@ -109,20 +111,78 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def step_context(params: TrainerConfig, device: torch.device) -> StepContext:
-    """Autocast and gradient scaler for this device: no-ops unless ``trainer.amp``."""
-    dtype = getattr(torch, params.amp_dtype)
+# What ``trainer.amp=auto`` runs on CUDA: AMP (``trainer.amp_dtype``, bf16) + channels_last when True,
+# fp32 when False. The GPU check measures both (benchmarks/gpu_check.py, "step") and says which is
+# faster; fp32 until AMP measures faster there (docs/speed.md, "A faster step"). The CPU: always fp32.
+AUTO_AMP_ON_CUDA = False
+
+
+@dataclass(frozen=True)
+class Precision:
+    """``trainer.amp`` / ``channels_last`` resolved for a device."""
+
+    dtype: torch.dtype | None  # autocast's dtype; None: fp32, no autocast
+    channels_last: bool
+
+    @property
+    def name(self) -> str | bool:  # as recorded: trainer.amp_resolved
+        return str(self.dtype).removeprefix("torch.") if self.dtype is not None else False
+
+
+def resolve_precision(params: TrainerConfig, device: torch.device, bf16: bool | None = None) -> Precision:
+    """``trainer.amp`` (auto | true | false) and ``trainer.channels_last`` (auto | true | false) on
+    ``device``. auto: fp32 on the CPU; on CUDA AMP + channels_last if :data:`AUTO_AMP_ON_CUDA`, in
+    bfloat16, or float16 with a gradient scaler (logged) on a GPU without bfloat16 (``bf16``: whether
+    it has it; None: ask torch). true / false: AMP in ``amp_dtype`` / fp32, on any device."""
+    amp, dtype = params.amp, getattr(torch, params.amp_dtype)
+    if amp == "auto":
+        amp = device.type == "cuda" and AUTO_AMP_ON_CUDA
+        if amp and dtype == torch.bfloat16 and not (torch.cuda.is_bf16_supported() if bf16 is None else bf16):
+            dtype = torch.float16
+            log.warning("trainer.amp=auto: this GPU has no bfloat16; AMP runs in float16 with a gradient scaler")
+    channels_last = params.channels_last
+    if channels_last == "auto":
+        channels_last = bool(amp) and device.type == "cuda"
+    return Precision(dtype if amp else None, bool(channels_last))
+
+
+def step_context(params: TrainerConfig, device: torch.device, precision: Precision | None = None) -> StepContext:
+    """Autocast and gradient scaler for this device: no-ops unless AMP runs (``precision``:
+    :func:`resolve_precision`'s, resolved when not given)."""
+    precision = precision or resolve_precision(params, device)
+    dtype = precision.dtype
     autocast = (
-        functools.partial(torch.autocast, device_type=device.type, dtype=dtype) if params.amp else nullcontext
+        functools.partial(torch.autocast, device_type=device.type, dtype=dtype) if dtype is not None else nullcontext
     )
-    use_scaler = params.amp and dtype == torch.float16 and device.type == "cuda"
+    use_scaler = dtype == torch.float16 and device.type == "cuda"
     return StepContext(
         device=device,
         autocast=autocast,
         scaler=torch.amp.GradScaler(device.type, enabled=use_scaler),
-        channels_last=params.channels_last,
+        channels_last=precision.channels_last,
         progress=params.progress,
     )
+
+
+def eval_batch_size(params: TrainerConfig, batch_size: int) -> int:
+    """The test and validation passes' batch: ``trainer.eval_batch_size``, or when null (auto)
+    ``batch_size`` (``dataset.batch_size``, today's). Another batch can change a logit's last bits
+    (other kernel blocking; measured on the CPU), so a larger one is an opt-in (docs/speed.md)."""
+    return batch_size if params.eval_batch_size is None else params.eval_batch_size
+
+
+def optimizer_kernels(node: DictConfig, device: torch.device) -> dict[str, bool]:
+    """``optimizer.fused`` / ``foreach`` when both are null: fused on CUDA, foreach on the CPU
+    (the same bits as torch's per-parameter loop there, a test checks it), where the optimizer
+    class takes them; nothing else changes. Empty when either is set or nothing applies."""
+    if node.get("fused") is not None or node.get("foreach") is not None:
+        return {}
+    try:
+        accepted = inspect.signature(hydra.utils.get_class(node._target_)).parameters
+    except Exception:  # an unknown target: instantiation names it
+        return {}
+    key = {"cuda": "fused", "cpu": "foreach"}.get(device.type)
+    return {key: True} if key in accepted else {}
 
 
 def dataset_node(config: Mapping[str, Any]) -> DictConfig:
@@ -218,23 +278,34 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Parts:
     typed = validate_config(cfg)
     trainer: TrainerConfig = typed["trainer"]
     device = device or resolve_device(trainer.device)
+    precision = resolve_precision(trainer, device)
     data = build_data(cfg.dataset, cfg.seed, device)
+    data = data.with_eval_batch_size(eval_batch_size(trainer, data.train_loader.batch_size))
     model = build_model(cfg, data.num_classes, typed["fusion"].drop_rate).to(device)
-    if trainer.channels_last:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(cfg, data.num_classes)
     model.scale_logits = method.scaled_logits  # the method's head: attention-scaled or plain logits
     method.freeze_untrained(model)  # parts the method never trains stay out of the optimizer and DDP
     method.start_from(getattr(model, "imported_state", {}))
-    optimizer = instantiate_node(cfg.optimizer, "optimizer")([p for p in model.parameters() if p.requires_grad])
+    kernels = optimizer_kernels(cfg.optimizer, device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate_node(cfg.optimizer, "optimizer", **kernels)(trainable)
     scheduler = instantiate_node(cfg.scheduler, "scheduler")(optimizer)
     if trainer.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=trainer.compile_mode)
     model = distributed.wrap_model(model, device)  # DDP when distributed (rank 0's weights everywhere)
     config = OmegaConf.to_container(cfg, resolve=True)
     for group, values in method.config_updates().items():  # W&B and checkpoints: the values used
         config.setdefault(group, {}).update(values)
     if data.pipeline is not None:  # the input pipeline that runs (dataset.pipeline=auto resolved)
         config.setdefault("dataset", {})["pipeline_resolved"] = data.pipeline
+    config.setdefault("optimizer", {}).update(kernels)  # fused / foreach as they run
+    config.setdefault("trainer", {}).update(  # auto keys as they run on this device
+        amp_resolved=precision.name, channels_last_resolved=precision.channels_last,
+        eval_batch_size_resolved=data.test_loader.batch_size)
+    if trainer.amp == "auto" or trainer.channels_last == "auto":
+        log.info("trainer.amp=%s -> %s, channels_last %s on %s", trainer.amp, precision.name or "fp32",
+                 precision.channels_last, device.type)
     return Parts(data=data, model=model, method=method, optimizer=optimizer, scheduler=scheduler,
-                 ctx=step_context(trainer, device), trainer=trainer, config=config)
+                 ctx=step_context(trainer, device, precision), trainer=trainer, config=config)

@@ -15,7 +15,12 @@ Prints and writes (``--json``, default ``gpu_check.json``; a markdown row for
 3. a 2-epoch ``python run.py experiment=raf`` on a generated RAF-DB-size set (12,271 / 3,068 faces
    at 100 px in RAF-DB's layout, random-init backbone, AMP bf16 + channels_last): each epoch's
    time and the projected 75-epoch time (first epoch + 74 x the second);
-4. with 2+ GPUs, the same run for one epoch under ``torchrun --nproc_per_node=2``.
+4. with 2+ GPUs, the same run for one epoch under ``torchrun --nproc_per_node=2``;
+5. the step alone (batches already on the device, no loader): training, class-distribution pass and
+   evaluation images/s, eager vs captured (``trainer.compile=true trainer.compile_mode=reduce-overhead``:
+   CUDA graphs; CUDA only) x fp32 vs AMP bf16 + channels_last, and the evaluation at 4x the batch
+   (images/s, and whether its predictions were the same). Its verdict says whether AMP and the
+   captured step measured faster: what ``adadf.app.AUTO_AMP_ON_CUDA`` and the docs' default follow.
 
 ``--quick``: 21 / 14 images at 32 px, 16 px recipe, batch 4, one timed batch, one thread: under a
 minute on a CPU; the figures then only show that every part runs. Models, optimizers and data are built by
@@ -48,7 +53,16 @@ from adadf.tracking.files import RunFiles  # noqa: E402
 log = logging.getLogger("gpu_check")
 
 FAST_OVERRIDES = ["trainer.amp=true", "trainer.amp_dtype=bfloat16", "trainer.channels_last=true"]
-PRECISIONS = {"fp32": [], "amp_bf16_channels_last": FAST_OVERRIDES}
+FP32_OVERRIDES = ["trainer.amp=false", "trainer.channels_last=false"]  # whatever trainer.amp=auto picks
+PRECISIONS = {"fp32": FP32_OVERRIDES, "amp_bf16_channels_last": FAST_OVERRIDES}
+CAPTURED = ["trainer.compile=true", "trainer.compile_mode=reduce-overhead"]
+STEP_VARIANTS = {
+    "eager_fp32": FP32_OVERRIDES,
+    "eager_bf16_channels_last": FAST_OVERRIDES,
+    "captured_fp32": [*FP32_OVERRIDES, *CAPTURED],
+    "captured_bf16_channels_last": [*FAST_OVERRIDES, *CAPTURED],
+}
+FASTER = 1.05  # a variant "measures faster" when at least 5% more images/s
 RAF_SIZE = (12271, 3068)  # RAF-DB basic: train / test
 EPOCHS_PAPER = 75
 
@@ -124,6 +138,79 @@ def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 
     return out
 
 
+def _timed(device: torch.device, work) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_step(root: Path, size: dict, variant: str, extra: list[str]) -> dict[str, Any]:
+    """One variant of the step on batches already on the device (the model's share of an epoch):
+    training, class-distribution pass and evaluation images/s, evaluation at 4x the batch."""
+    if variant.startswith("captured") and not torch.cuda.is_available():
+        return {"skipped": "no CUDA: CUDA graphs need a GPU (compiling on a CPU takes minutes)"}
+    from adadf import app
+    from adadf.engine.loop import evaluate, observe_pass, train_one_epoch
+
+    cfg = throughput.compose_cfg(["dataset=raf", f"dataset.root={root}", "dataset.num_workers=0", "logger=none",
+                                  "backbone.checkpoint=null", "trainer.progress=false", *size["overrides"],
+                                  *STEP_VARIANTS[variant], *extra])
+    torch.manual_seed(cfg.seed)
+    try:
+        parts = app.build(cfg)
+        for group in parts.optimizer.param_groups:  # lr 0: the same batch over and over never diverges
+            group["lr"] = 0.0
+        ctx, device, model, method = parts.ctx, parts.ctx.device, parts.model, parts.method
+        batch, px, n = cfg.dataset.batch_size, cfg.dataset.image_size, max(4, size["batches"] * 4)
+        batches = [(torch.randn(batch, 3, px, px, device=device),
+                    torch.randint(0, parts.data.num_classes, (batch,), device=device)) for _ in range(4)]
+        stream = [batches[i % 4] for i in range(n)]
+        big = [(torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches]))] * (n // 4)
+        epoch = 5  # past beta: the loss has every term
+        warm = _timed(device, lambda: train_one_epoch(model, stream[:3], parts.optimizer, method, epoch, ctx))
+        train_s = _timed(device, lambda: train_one_epoch(model, stream, parts.optimizer, method, epoch, ctx))
+        observe_pass(model, stream[:3], method, ctx)  # warm-up (a captured model records its graphs)
+        ld_s = _timed(device, lambda: observe_pass(model, stream, method, ctx))
+        method.end_epoch()
+        classes = parts.data.num_classes
+        evaluate(model, stream[:3], classes, ctx)
+        eval_s = _timed(device, lambda: evaluate(model, stream, classes, ctx))
+        evaluate(model, big[:1], classes, ctx)
+        big_s = _timed(device, lambda: evaluate(model, big, classes, ctx))
+        same = torch.equal(evaluate(model, batches, classes, ctx).confusion,
+                           evaluate(model, big[:1], classes, ctx).confusion)
+    except Exception as err:  # one variant's failure (e.g. compiling) leaves the others' figures
+        return {"error": f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"}
+    images = n * batch
+    return {"overrides": STEP_VARIANTS[variant], "batch_size": batch, "steps": n, "warmup_s": warm,
+            "train_images_per_s": images / train_s, "ld_pass_images_per_s": images / ld_s,
+            "eval_images_per_s": images / eval_s, "eval_4x_batch_images_per_s": images / big_s,
+            "eval_4x_batch_same_predictions": same,
+            "amp_resolved": parts.config["trainer"]["amp_resolved"],
+            "optimizer": {k: parts.config["optimizer"].get(k) for k in ("fused", "foreach")}}
+
+
+def step_verdict(step: dict[str, dict]) -> dict[str, Any]:
+    """Whether AMP bf16 + channels_last and the captured step measured faster (by :data:`FASTER`)
+    than eager fp32, in training images/s: on CUDA what ``adadf.app.AUTO_AMP_ON_CUDA`` should be."""
+    rate = {k: v.get("train_images_per_s") for k, v in step.items()}
+    verdict: dict[str, Any] = {"faster_means": f">= {FASTER:.2f}x the training images/s",
+                               "cuda": torch.cuda.is_available()}
+    if rate.get("eager_fp32") and rate.get("eager_bf16_channels_last"):
+        verdict["amp_faster"] = rate["eager_bf16_channels_last"] >= FASTER * rate["eager_fp32"]
+    captured = {k: v for k, v in rate.items() if k.startswith("captured") and v}
+    if captured:
+        best = max(captured, key=captured.get)
+        eager = max(v for k, v in rate.items() if k.startswith("eager") and v)
+        verdict["captured_faster"] = captured[best] >= FASTER * eager
+        verdict["fastest_captured"] = best
+    return verdict
+
+
 # -------------------------------------------------------------------------------------- report
 def markdown_row(r: dict[str, Any]) -> str:
     """One row for RESULTS.md's GPU check table (the default pipeline = what auto runs here)."""
@@ -178,6 +265,16 @@ def report(r: dict[str, Any]) -> None:
     ddp = r.get("torchrun") or {}
     print("torchrun, 2 processes: " + (f"epoch {ddp['epoch_time_s'][0]:.1f} s" if ddp.get("epoch_time_s")
                                        else str(ddp.get("skipped") or ddp.get("error"))))
+    print(f"\nthe step alone, batches on the device ({'tiny sizes' if r['quick'] else 'full sizes'}):")
+    print(f"{'variant':28s} {'train img/s':>11s} {'LD img/s':>9s} {'eval img/s':>10s} {'eval 4x img/s':>13s} same")
+    for name, v in r["step"].items():
+        if "train_images_per_s" in v:
+            print(f"{name:28s} {v['train_images_per_s']:11.1f} {v['ld_pass_images_per_s']:9.1f} "
+                  f"{v['eval_images_per_s']:10.1f} {v['eval_4x_batch_images_per_s']:13.1f} "
+                  f"{v['eval_4x_batch_same_predictions']}")
+        else:
+            print(f"{name:28s} {v.get('skipped') or v.get('error')}")
+    print(f"verdict: {json.dumps(r['step_verdict'])}")
     print("\nRESULTS.md row:\n" + MARKDOWN_HEADER + "\n" + r["markdown_row"])
 
 
@@ -217,6 +314,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["torchrun"] = raf_run(root, size, 1, args.overrides, nproc=2)
     else:
         results["torchrun"] = {"skipped": f"{results['gpus']} GPU(s): needs 2+"}
+    results["step"] = {v: measure_step(root, size, v, args.overrides) for v in STEP_VARIANTS}
+    results["step_verdict"] = step_verdict(results["step"])
     results["total_s"] = time.perf_counter() - start
     results["markdown_row"] = markdown_row(results)
     report(results)

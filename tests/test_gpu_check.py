@@ -49,6 +49,19 @@ def test_gpu_check_quick_writes_its_json(tmp_path: Path):
     assert "experiment=raf" in raf["command"] and "backbone.checkpoint=null" in raf["command"]
     assert ("skipped" in r["torchrun"]) == (r["gpus"] < 2)
 
+    step = r["step"]  # the step alone: eager vs captured (CUDA graphs: CUDA only), fp32 vs bf16 + channels_last
+    assert set(step) == {"eager_fp32", "eager_bf16_channels_last", "captured_fp32", "captured_bf16_channels_last"}
+    for name, v in step.items():
+        if name.startswith("captured") and not cuda:
+            assert "skipped" in v
+            continue
+        for key in ("train_images_per_s", "ld_pass_images_per_s", "eval_images_per_s", "eval_4x_batch_images_per_s"):
+            assert math.isfinite(v[key]) and v[key] > 0, (name, key, v)
+        assert v["eval_4x_batch_same_predictions"] in (True, False)
+        assert v["amp_resolved"] == ("bfloat16" if "bf16" in name else False)
+    assert isinstance(r["step_verdict"]["amp_faster"], bool)
+    assert ("captured_faster" in r["step_verdict"]) == cuda
+
     row = out.with_suffix(".md").read_text().splitlines()
     assert row[0].startswith("| date |") and row[2] == r["markdown_row"]
     assert row[2].count("|") == row[0].count("|")  # one cell per column

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from adadf.config.fields import at_least, closed01, half_open01, one_of, open01, positive, ranged
 from adadf.errors import UserError
@@ -91,10 +91,18 @@ class TrainerConfig:
     epochs: int = ranged(5, *at_least(1))  # the embedded default finishes in minutes; experiments set 75
     device: str = ranged("auto", lambda x: x in ("auto", "cpu", "cuda") or x.startswith("cuda:"),
                          "auto, cpu, cuda or cuda:N")
-    amp: bool = False  # mixed-precision autocast (off in parity mode)
+    # auto: fp32 on the CPU; on CUDA adadf.app.AUTO_AMP_ON_CUDA decides (recorded as trainer.amp_resolved).
+    # true: autocast to amp_dtype anywhere; false: fp32 anywhere (the reference).
+    amp: Union[bool, str] = ranged("auto", lambda x: x is True or x is False or x == "auto", "auto, true or false")
     amp_dtype: str = ranged("bfloat16", *one_of("bfloat16", "float16"))  # float16 uses a gradient scaler
-    channels_last: bool = False
+    # auto: on where AMP runs on CUDA (recorded as trainer.channels_last_resolved).
+    channels_last: Union[bool, str] = ranged("auto", lambda x: x is True or x is False or x == "auto",
+                                             "auto, true or false")
     compile: bool = False  # torch.compile the model
+    # with compile=true: default (graph capture of the kernels) | reduce-overhead (also CUDA graphs)
+    compile_mode: str = ranged("default", *one_of("default", "reduce-overhead"))
+    # the test and validation passes' batch; null: dataset.batch_size (adadf.app.eval_batch_size, docs/speed.md)
+    eval_batch_size: Optional[int] = ranged(None, *at_least(1))
     resume: Optional[str] = None  # null | auto (this run dir's last.pt) | a checkpoint or run dir
     resume_allow_changes: bool = False  # resume although fusion/method/optimizer/scheduler values changed
     progress: bool = True  # tqdm progress bars on interactive terminals
@@ -152,6 +160,10 @@ class OptimizerConfig:
     _partial_: bool = True
     lr: float = ranged(0.001, *positive())
     weight_decay: float = ranged(0.0, *at_least(0.0))
+    # torch's implementation; null: auto (fused on CUDA, foreach on the CPU: same bits there), as
+    # adadf.app.optimizer_kernels resolves and records them
+    fused: Optional[bool] = None
+    foreach: Optional[bool] = None
 
 
 @dataclass

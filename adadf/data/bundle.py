@@ -1,6 +1,7 @@
 """What every dataset builder returns: the loaders and facts the trainer needs."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -49,6 +50,15 @@ class DataBundle:
             return []
         return [FlippedLabel(i, self.train_paths[i], clean, noisy)
                 for i, (clean, noisy) in enumerate(zip(self.clean_train_labels, self.train_labels)) if clean != noisy]
+
+    def with_eval_batch_size(self, batch_size: int) -> DataBundle:
+        """This bundle with the test and validation loaders at ``batch_size`` (the same samples in
+        the same order; :func:`rebatched`). The training and clean-training loaders keep theirs: the
+        class-distribution passes sum over each batch, and the augmented one is the training loader."""
+        return dataclasses.replace(
+            self, test_loader=rebatched(self.test_loader, batch_size),
+            val_loader=rebatched(self.val_loader, batch_size) if self.val_loader is not None else None,
+        )
 
     def train_order(self) -> list[int]:
         """Sample indices of the most recently started training-loader iteration, in delivery order:
@@ -112,6 +122,22 @@ def make_loader(
         # generator, so a resumed run draws exactly what an uninterrupted one would.
         persistent_workers=False,
         generator=generator,
+    )
+
+
+def rebatched(loader: DataLoader, batch_size: int) -> DataLoader:
+    """An evaluation ``loader`` (no shuffling, no dropped batch) with another batch size: the same
+    sampler (a rank's shard under torchrun), dataset, workers and collation; ``loader`` itself when
+    the size is already ``batch_size``."""
+    if loader.batch_size == batch_size:
+        return loader
+    if loader.drop_last:
+        raise ValueError("rebatched: a loader that drops its last batch would lose other samples")
+    return DataLoader(
+        loader.dataset, batch_size=batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers, generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor, multiprocessing_context=loader.multiprocessing_context,
     )
 
 

@@ -48,6 +48,16 @@ class StepContext:
     stop: StopFlag | None = None
     progress: bool = True
 
+    def forward_only(self) -> contextlib.ExitStack:
+        """A forward pass whose outputs never enter autograd (class-distribution and evaluation
+        passes): inference mode, and autocast when the run uses AMP. Only the model runs in it: its
+        outputs are inference tensors, read (never changed in place) by what follows, which runs
+        outside it, so the method's statistics and the batch transforms' buffers stay ordinary tensors."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(self.autocast())
+        return stack
+
 
 def prepare_batch(
     images: torch.Tensor, labels: torch.Tensor, ctx: StepContext, transform: BatchTransform | None
@@ -186,7 +196,7 @@ def evaluate(
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=ctx.device)
     for images, labels in _batches(loader, ctx, desc):
         x, _, num_images, num_crops = prepare_batch(images, labels, ctx, batch_transform)
-        with ctx.autocast():
+        with ctx.forward_only():
             target_logits = model(x, target_only=True)
         logits = target_logits.float().view(num_images, num_crops, -1).mean(1)  # [B, C]
         labels = labels.to(ctx.device)
@@ -223,7 +233,7 @@ def observe_pass(
     model.eval()
     for images, labels in _batches(loader, ctx, "class distributions"):
         x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
-        with ctx.autocast():
+        with ctx.forward_only():
             outputs = model(x)
         method.observe(outputs, y)
         if on_batch is not None:
