@@ -120,21 +120,43 @@ def test_normalize_without_resize():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_random_erasing_follows_torchvision():
-    """Same RNG stream as torchvision's RandomErasing(p, scale, value=0) applied image by image."""
+def test_random_erasing_draws_torchvision_rectangles():
+    """RandomErasing's rectangles for a whole batch at once (fast.erasing_boxes): torchvision's
+    distribution (p, area, aspect, position), not its stream (it draws image by image)."""
     from torchvision import transforms as T
 
+    n, h, w, scale = 3000, 24, 20, (0.02, 0.25)
+    torch.manual_seed(0)
+    top, left, bottom, right = fast.erasing_boxes(n, h, w, 0.5, scale).T
+    ours = torch.stack((top, left, bottom - top, right - left), 1)[bottom > top]
+    torch.manual_seed(1)
+    image, theirs = torch.zeros(3, h, w), []
+    for _ in range(n):
+        if torch.rand(1) < 0.5:  # as T.RandomErasing.forward
+            i, j, eh, ew, _ = T.RandomErasing.get_params(image, scale=scale, ratio=fast.ERASING_RATIO, value=[0.0])
+            if (eh, ew) != (h, w):  # get_params' "no rectangle fitted"
+                theirs.append((i, j, eh, ew))
+    theirs = torch.tensor(theirs, dtype=torch.float32)
+    assert abs(len(ours) - len(theirs)) < 0.06 * n
+    grid = torch.arange(max(h, w) + 1)
+    for k in range(4):  # top, left, height, width: two-sample Kolmogorov-Smirnov distance
+        ours_cdf, theirs_cdf = ((v[:, k].view(-1, 1) <= grid).float().mean(0) for v in (ours, theirs))
+        assert (ours_cdf - theirs_cdf).abs().max() < 0.07, k
+
+
+def test_random_erasing_zeroes_the_drawn_rectangles():
+    """In every channel, exactly the rectangles erasing_boxes draws from the same RNG state."""
     x = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8)
     tf = ResizeNormalizeErase(16, MEAN, STD, erasing_p=0.5, erasing_scale=(0.02, 0.25))
-    normalised = ResizeNormalize(16, MEAN, STD)(x)
     torch.manual_seed(3)
     ours = tf(x)
     torch.manual_seed(3)
-    erase = T.RandomErasing(p=0.5, scale=(0.02, 0.25))
-    theirs = torch.stack([erase(img) for img in normalised])
-    assert torch.equal(ours, theirs)
-    erased = (ours == 0).all(1).flatten(1).any(1)
-    assert 0 < int(erased.sum()) < 32  # about half the images
+    boxes = fast.erasing_boxes(32, 16, 16, 0.5, (0.02, 0.25)).long()
+    expected = ResizeNormalize(16, MEAN, STD)(x)
+    for image, (top, left, bottom, right) in zip(expected, boxes.tolist()):
+        image[:, top:bottom, left:right] = 0.0
+    assert torch.equal(ours, expected)
+    assert 0 < int((boxes[:, 2] > boxes[:, 0]).sum()) < 32  # about half the images
 
 
 def test_small_image_augment_is_the_recipe(raf):

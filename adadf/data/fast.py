@@ -30,8 +30,10 @@ a decoded uint8 cache instead:
 2. **Per batch, on the training device** (the trainer applies ``train_batch_transform``): see the
    two pipelines above. The resize is bilinear with antialiasing; on the CPU it is torch's uint8
    kernel (which follows Pillow's), on CUDA float, rounded to integers before RandAugment (as PIL's
-   resize returns integers). RandomErasing uses torchvision's own parameter sampling (p, scale,
-   ratio (0.3, 3.3), value 0, as in the reference). Evaluation: resize + normalise.
+   resize returns integers). RandomErasing draws torchvision's distribution (p, scale, ratio
+   (0.3, 3.3), value 0, as in the reference) for the whole batch at once (:func:`erasing_boxes`),
+   so the number of ops per batch is fixed; the flips, the RandAugment plan and the rectangles
+   are drawn on the CPU and copied once each. Evaluation: resize + normalise.
 
 ``device``'s only differences from the reference recipe are sampling ones: the resize is torch's
 antialiased bilinear (equal to PIL's to one grey level); geometric RandAugment ops always sample
@@ -69,10 +71,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -85,7 +88,7 @@ from torchvision import transforms as T
 from tqdm import tqdm
 
 from adadf.atomic import atomic_path
-from adadf.data.batch_randaugment import BatchRandAugment, to_device
+from adadf.data.batch_randaugment import BatchRandAugment, OnDevice, ramp, to_device
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir, digest_problem, file_digest, write_digest
 from adadf.data.decode import image_size, load_rgb
@@ -309,6 +312,9 @@ class ResizeNormalize:
         self.size = int(size)
         self.mean = tuple(float(m) * 255.0 for m in mean)
         self.inv_std = tuple(1.0 / (float(s) * 255.0) for s in std)
+        # copied to the device once (a copy per batch would be host work, or a wait)
+        self._mean, self._inv_std = (OnDevice(torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1))
+                                     for v in (self.mean, self.inv_std))
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         if tuple(images.shape[-2:]) == (self.size, self.size):
@@ -320,22 +326,11 @@ class ResizeNormalize:
         return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
                              antialias=True)
 
-    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """mean and 1/std as [1, C, 1, 1] on ``device``, copied there once (a copy per batch would
-        wait for the device)."""
-        cached = getattr(self, "_on_device", None)
-        if cached is None or cached[0].device != device:
-            cached = tuple(to_device(torch.tensor(v, dtype=torch.float32), device).view(1, -1, 1, 1)
-                           for v in (self.mean, self.inv_std))
-            self._on_device = cached
-        return cached
-
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape
         out = torch.empty((n, c, h, w), dtype=torch.float32, device=images.device)  # NCHW, as the reference
         out.copy_(images)
-        mean, inv_std = self._constants(images.device)
-        return out.sub_(mean).mul_(inv_std)
+        return out.sub_(self._mean(images.device)).mul_(self._inv_std(images.device))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with one_cpu_thread(images.device):
@@ -345,8 +340,50 @@ class ResizeNormalize:
         return f"{type(self).__name__}(size={self.size})"
 
 
+@lru_cache(maxsize=16)
+def _size(height: int, width: int) -> torch.Tensor:
+    """(height, width) as a float64 CPU tensor [2], made once per image size."""
+    return torch.tensor([height, width], dtype=torch.float64)
+
+
+def erasing_boxes(n: int, height: int, width: int, p: float, scale: tuple[float, float],
+                  ratio: tuple[float, float] = ERASING_RATIO, attempts: int = 10) -> torch.Tensor:
+    """RandomErasing's rectangles for ``n`` images, drawn for the whole batch at once from torch's
+    global CPU RNG: float32 [n, 4] = (top, left, bottom, right), empty for an image left alone.
+
+    torchvision's distribution (``RandomErasing.forward`` + ``get_params``): a ``p`` coin; then up
+    to ``attempts`` tries of an area fraction ~ U(scale) and a log aspect ratio ~ U(log ratio),
+    the first whose rounded h, w fit inside the image wins (none: no rectangle); its corner is
+    uniform over the positions that fit. torchvision draws image by image and try by try (a
+    data-dependent number of draws); here every try is drawn up front, so the same seed gives other
+    rectangles than torchvision's, with the same distribution, in a fixed number of ops."""
+    draws = torch.rand(n, 3 + 2 * attempts, dtype=torch.float64)  # coin, corner (2), tries
+    size = _size(height, width)
+    tries = draws[:, 3:].view(n, 2, attempts)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * tries[:, 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * tries[:, 1])
+    hw = torch.round(torch.sqrt(torch.stack((area * aspect, area / aspect), 1)))  # [n, (h, w), attempts]
+    fits = (hw < size.view(1, 2, 1)).all(1)
+    first = fits.to(torch.uint8).argmax(1).view(n, 1, 1).expand(n, 2, 1)  # the first try that fits
+    erased = (draws[:, :1] < p) & fits.any(1, keepdim=True)
+    hw = hw.gather(2, first).view(n, 2) * erased
+    corner = torch.floor(draws[:, 1:3] * (size - hw + 1))
+    return torch.cat((corner, corner + hw), 1).to(torch.float32)
+
+
+def erase_boxes(images: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Zero every image's rectangle (``boxes`` [N, 4] on the images' device, as from
+    :func:`erasing_boxes`) in place, all channels, with one mask for the batch."""
+    h, w = images.shape[-2:]
+    top, left, bottom, right = boxes.view(-1, 4, 1, 1, 1).unbind(1)
+    rows = ramp(h, torch.float32, images.device, (1, 1, h, 1))
+    cols = ramp(w, torch.float32, images.device, (1, 1, 1, w))
+    return images.masked_fill_((rows >= top) & (rows < bottom) & (cols >= left) & (cols < right), 0.0)
+
+
 class ResizeNormalizeErase(ResizeNormalize):
-    """``ResizeNormalize`` then RandomErasing per image (torchvision's ``get_params``; value 0)."""
+    """``ResizeNormalize`` then RandomErasing (torchvision's distribution, :func:`erasing_boxes`; value 0)."""
 
     def __init__(self, size: int, mean: tuple[float, ...], std: tuple[float, ...], erasing_p: float,
                  erasing_scale: tuple[float, float], erasing_ratio: tuple[float, float] = ERASING_RATIO) -> None:
@@ -356,19 +393,12 @@ class ResizeNormalizeErase(ResizeNormalize):
         self.erasing_ratio = tuple(erasing_ratio)
 
     def erase(self, images: torch.Tensor) -> torch.Tensor:
-        """In place; the rectangles are drawn on the CPU (torch's global RNG), no device sync."""
+        """In place; the rectangles are drawn on the CPU (torch's global RNG) and copied once."""
         if self.erasing_p <= 0:
             return images
-        h, w = images.shape[-2:]
-        for b in range(images.shape[0]):
-            if not torch.rand(1) < self.erasing_p:  # as T.RandomErasing.forward
-                continue
-            # get_params reads only the image's shape; it draws from the CPU RNG (no device sync)
-            i, j, eh, ew, _ = T.RandomErasing.get_params(images[b], scale=self.erasing_scale,
-                                                        ratio=self.erasing_ratio, value=[0.0])
-            if (eh, ew) != (h, w):  # (h, w) is get_params' "no rectangle fitted": leave the image
-                images[b, :, i:i + eh, j:j + ew] = 0.0
-        return images
+        boxes = erasing_boxes(images.shape[0], *images.shape[-2:], self.erasing_p, self.erasing_scale,
+                              self.erasing_ratio)
+        return erase_boxes(images, to_device(boxes, images.device))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with one_cpu_thread(images.device):
@@ -503,5 +533,5 @@ def build_cached_bundle(
 __all__ = [
     "CACHED_PIPELINES", "CachedImageDataset", "ResizeAugmentNormalizeErase", "ResizeNormalize",
     "ResizeNormalizeErase", "SmallImageAugment", "TenCropCachedDataset", "build_cache", "build_cached_bundle",
-    "cache_key", "device_train_transform", "ten_crop_windows",
+    "cache_key", "device_train_transform", "erase_boxes", "erasing_boxes", "ten_crop_windows",
 ]
