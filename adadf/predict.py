@@ -51,7 +51,7 @@ def list_inputs(spec: str | os.PathLike) -> list[Path]:
         if not found:
             raise UserError(f"input={spec}: no image files in this folder ({len(videos)} videos{hint})")
         if videos:
-            log.warning("input=%s: %s in the folder are not predicted, only its %s%s",
+            log.warning("input=%s: not predicting %s in the folder, only its %s%s",
                         spec, counted(len(videos), "video"), counted(len(found), "image"), hint)
         return [p.absolute() for p in found]
     if not path.is_file():

@@ -275,7 +275,7 @@ def test_videos_in_an_input_folder_are_named_not_silently_dropped(tmp_path: Path
     (folder / "sub" / "clip.mp4").write_bytes(b"not decoded here")
     with caplog.at_level("WARNING", logger="adadf.predict"):
         assert list_inputs(folder) == [(folder / "a.png").absolute()]
-    assert "1 videos in the folder are not predicted" in caplog.text
+    assert "not predicting 1 video in the folder, only its 1 image" in caplog.text
     assert f"input={folder / 'sub' / 'clip.mp4'}" in caplog.text
     (folder / "a.png").unlink()
     with pytest.raises(UserError, match=r"no image files in this folder \(1 videos; predict a video on its own"):
