@@ -26,6 +26,7 @@ from adadf.config import TrainerConfig, instantiate_node, validate_config
 from adadf.config.dataset import dataset_schema
 from adadf.data.bundle import DataBundle
 from adadf.data.images import resolve_pipeline
+from adadf.data import resident
 from adadf.engine import distributed
 from adadf.engine.rundir import LOCK_NAME
 from adadf.engine.loop import StepContext
@@ -220,11 +221,13 @@ def build_data(node: DictConfig, seed: int, device: torch.device | None = None) 
     """The dataset group's loaders (rank 0 first under torchrun: it builds any cache, the others read it).
 
     ``dataset.pipeline=auto`` is resolved here for the training ``device`` (None: CUDA when
-    available): the exact-order ``device`` pipeline on CUDA, ``reference`` elsewhere."""
+    available): the exact-order ``device`` pipeline on CUDA, ``reference`` elsewhere. Its resident
+    sets (``dataset.resident``) are then placed for that device (:func:`adadf.data.resident.place`)."""
     if node.get("pipeline") == "auto":
         node = OmegaConf.merge(node, {"pipeline": resolve_pipeline("auto", device)})
     with distributed.main_rank_first():
-        return instantiate_node(node, "dataset", loader_seed=seed)
+        data = instantiate_node(node, "dataset", loader_seed=seed)
+    return resident.place(data, device)
 
 
 def build_model(cfg: DictConfig, num_classes: int, drop_rate: float = 0.0) -> nn.Module:

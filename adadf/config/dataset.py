@@ -40,10 +40,17 @@ class DatasetConfig:
 class ImageDatasetConfig(DatasetConfig):
     """Datasets of image files (everything but the built-in synthetic one)."""
 
+    # How the data are held, not what they are: the same batches either way (adadf.data.resident).
+    RESUME_FREE: ClassVar[tuple[str, ...]] = (*DatasetConfig.RESUME_FREE, "resident", "resident_max_share")
+
     pipeline: str = ranged("auto", *one_of(*PIPELINES))  # every dataset's default: the recipe's exact order
     recipe: str = ranged("standard", *one_of(*RECIPES))
     balanced: bool = False  # class-balanced sampler
     verify_images: str = ranged("auto", *one_of(*VERIFY_MODES))
+    # pipeline=device: each split's uint8 pixels held whole (on the GPU when they take at most
+    # resident_max_share of its free memory, else pinned host memory), batches gathered, no workers
+    resident: bool = True
+    resident_max_share: float = ranged(0.5, lambda x: 0.0 < x <= 1.0, "a value in (0, 1]")
 
 
 @dataclass

@@ -131,6 +131,8 @@ def rebatched(loader: DataLoader, batch_size: int) -> DataLoader:
     the size is already ``batch_size``."""
     if loader.batch_size == batch_size:
         return loader
+    if hasattr(loader, "rebatched"):  # adadf.data.resident.ResidentLoader
+        return loader.rebatched(batch_size)
     if loader.drop_last:
         raise ValueError("rebatched: a loader that drops its last batch would lose other samples")
     return DataLoader(

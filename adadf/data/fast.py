@@ -92,6 +92,7 @@ from adadf.data.batch_randaugment import BatchRandAugment, OnDevice, ramp, to_de
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir, digest_problem, file_digest, write_digest
 from adadf.data.decode import image_size, load_rgb
+from adadf.data.resident import resident_bundle
 from adadf.data.index import ImageIndex
 from adadf.data.transforms import Recipe, randaugment
 from adadf.errors import UserError, first_line
@@ -481,6 +482,8 @@ def build_cached_bundle(
     recipe: Recipe,
     *,
     pipeline: str,
+    resident: bool = False,
+    resident_max_share: float = 0.5,
     **common: Any,
 ) -> DataBundle:
     """Loaders over the decoded caches, the recipe's augmentation as batch transforms on the
@@ -490,7 +493,10 @@ def build_cached_bundle(
     ``pipeline="device"``: the workers only read the cache (and slice ten crops), the whole recipe
     runs batched on the device in its order. ``"small_first"``: RandAugment and the flip per image
     in PIL in the workers at the stored size, before the device's resize. Evaluation loaders read
-    the memory map in the training process (no per-image work to share).
+    the memory map in the training process (no per-image work to share). ``resident``
+    (``dataset.resident``, ``device`` only, not ten-crop): the square caches' loaders are
+    :class:`adadf.data.resident.ResidentLoader` s (no workers; placed on the training device by
+    :func:`adadf.app.build_data` when the set takes at most ``resident_max_share`` of its free memory).
     """
     if pipeline not in CACHED_PIPELINES:
         raise ValueError(f"pipeline={pipeline!r}: expected one of {CACHED_PIPELINES}")
@@ -517,7 +523,7 @@ def build_cached_bundle(
              pipeline, size)
     labels = list(train_index.labels)
     on_device = pipeline == "device"
-    return build_bundle(
+    bundle = build_bundle(
         train_set=CachedImageDataset(train_path, labels, None if on_device else SmallImageAugment(recipe, size)),
         clean_train_set=CachedImageDataset(train_path, labels),
         test_set=CachedImageDataset(test_path, list(test_index.labels)),
@@ -528,6 +534,7 @@ def build_cached_bundle(
         pipeline=pipeline,
         **common,
     )
+    return resident_bundle(bundle, resident_max_share) if on_device and resident else bundle
 
 
 __all__ = [

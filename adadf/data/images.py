@@ -173,6 +173,8 @@ def build_image_bundle(
     verify_images: str,
     label_noise: float,
     noise_seed: int | None,
+    resident: bool,
+    resident_max_share: float,
 ) -> DataBundle:
     """Check both splits, then build the loaders with ``pipeline`` (every real dataset comes here;
     its builder passes on the options of its schema, :mod:`adadf.config.dataset`). The pipeline that
@@ -181,7 +183,8 @@ def build_image_bundle(
     ``recipe`` names the augmentation recipe, scaled to ``image_size`` (:func:`make_recipe`);
     ``balanced`` uses :class:`ClassBalancedSampler` for training; ``val_fraction`` holds out a
     stratified part of the training split as validation, ``label_noise`` flips that fraction of the
-    training labels (``build_bundle``).
+    training labels (``build_bundle``). ``resident`` / ``resident_max_share``: the ``device``
+    pipeline's data held whole, no loader workers (:mod:`adadf.data.resident`).
     """
     check_class_names(train_index.class_names, num_classes)
     recipe = make_recipe(recipe, image_size)
@@ -199,7 +202,8 @@ def build_image_bundle(
                   noise_seed=noise_seed, train_sampler=sampler)
     pipeline = resolve_pipeline(pipeline)
     if pipeline in CACHED_PIPELINES:
-        return build_cached_bundle(train_index, test_index, recipe, pipeline=pipeline, **common)
+        return build_cached_bundle(train_index, test_index, recipe, pipeline=pipeline, resident=resident,
+                                   resident_max_share=resident_max_share, **common)
 
     log.info("%d train / %d test images, %d classes, recipe %s at %d px (%d crop%s), reference pipeline",
              len(train_index), len(test_index), len(train_index.class_names), recipe.name, recipe.image_size,
