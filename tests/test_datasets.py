@@ -504,7 +504,7 @@ def test_check_split_catches_bad_labels_and_missing_files(data):
         build_image_bundle(ImageIndex(root, [], [], ["cat", "dog", "owl"]), missing, num_classes=3,
                            recipe="standard", image_size=32, pipeline="reference", batch_size=2, num_workers=0,
                            loader_seed=0, val_fraction=0.0, balanced=False, verify_images="auto", label_noise=0.0,
-                           noise_seed=None)
+                           noise_seed=None, resident=True, resident_max_share=0.5)
     one_line_error(err, "the train split is empty")
 
 

@@ -119,6 +119,26 @@ def test_cpu_placement_keeps_the_memory_map(raf, cache):
     assert [s.where for s in resident.resident_sets(held)] == ["memory map", "memory map"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_resident_batches_equal_the_dataloader(raf, cache):
+    """On the GPU and from pinned host memory: the DataLoader's batches, moved to the GPU."""
+    plain, held = device_bundles(raf, balanced=True)
+    resident.place(held, torch.device("cuda"))
+    assert all(s.where.startswith("cuda") for s in resident.resident_sets(held))
+    on_gpu = epochs(held.train_loader, held.train_order)
+    assert on_gpu[0][0][0][0].device.type == "cuda" and on_gpu[0][0][0][1].device.type == "cuda"
+    to_cpu = [([(x.cpu(), y.cpu()) for x, y in batches], order) for batches, order in on_gpu]
+    assert_same_batches(epochs(plain.train_loader, plain.train_order), to_cpu)
+    _, pinned_set = device_bundles(raf)
+    for s in resident.resident_sets(pinned_set):
+        s.max_share = 1e-12  # nothing fits: pinned host memory
+    resident.place(pinned_set, torch.device("cuda"))
+    assert [s.where for s in resident.resident_sets(pinned_set)] == ["pinned", "pinned"]
+    images, _ = next(iter(pinned_set.test_loader))
+    assert images.is_pinned()
+    assert_same_batches(epochs(plain.test_loader, None, 1), epochs(pinned_set.test_loader, None, 1))
+
+
 # ------------------------------------------------------------------------------------ placement rule
 @pytest.fixture
 def fake_gpu(monkeypatch):

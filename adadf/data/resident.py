@@ -8,7 +8,8 @@ default): it holds the split's pixels as one uint8 tensor (:class:`ResidentSet`,
 loaders over the same cache file: training, clean training, validation), draws each batch's indices
 from **the same sampler object** the DataLoader had (shuffling per epoch, the class-balanced sampler,
 DDP shards, ``drop_last``, the recorded order behind ``DataBundle.train_order()``), and gathers the
-batch with one ``index_select`` (the indices copied to the device once per batch).
+batch with one ``index_select`` on the GPU (the indices copied to it once per batch; the labels are
+gathered there too), or on the host with numpy's ``take`` and one transposing copy.
 
 Where the pixels live (:func:`place`, called by :func:`adadf.app.build_data` with the training device):
 
