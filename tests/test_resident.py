@@ -228,6 +228,17 @@ def test_training_run_is_the_dataloaders(tmp_path: Path, monkeypatch, caplog):
     pd.testing.assert_frame_equal(metrics_without_timing(tmp_path / "loader"), metrics_without_timing(tmp_path / "held"))
 
 
+def test_resume_may_switch_residency(tmp_path: Path, monkeypatch):
+    """dataset.resident is how the data are held, not what they are: a run started on the DataLoader
+    resumes on resident data (RESUME_FREE) and ends as a straight resident run."""
+    base = run_options(tmp_path, monkeypatch)
+    train_with(tmp_path / "straight", [*base, "trainer.epochs=2"])
+    train_with(tmp_path / "switched", [*base, "trainer.epochs=1", "dataset.resident=false"])
+    train_with(tmp_path / "switched", [*base, "trainer.epochs=2", "trainer.resume=auto", "dataset.resident_max_share=0.9"])
+    assert_same_training_state(tmp_path / "straight" / "checkpoints" / "last.pt",
+                               tmp_path / "switched" / "checkpoints" / "last.pt")
+
+
 def test_resume_is_exact_with_resident_data(tmp_path: Path, monkeypatch):
     """test_resume's exact-resume check with pipeline=device: resident data (the default), no workers."""
     test_resume.test_resume_is_exact_with_augmenting_workers(tmp_path, monkeypatch, "device")

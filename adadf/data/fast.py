@@ -6,8 +6,10 @@ a decoded uint8 cache instead:
 
 - ``device`` (what ``auto`` picks on a CUDA device): the recipe **in its own order**, batched on the
   training device: resize to ``image_size`` -> RandAugment (:class:`BatchRandAugment`) -> flip ->
-  normalise -> RandomErasing (:class:`ResizeAugmentNormalizeErase`). DataLoader workers only read
-  the cache. Ten-crop (SFEW): the workers slice the ten crops out of the cached, already resized
+  normalise -> RandomErasing (:class:`ResizeAugmentNormalizeErase`). Nothing per image is left for
+  a worker: with ``dataset.resident`` (the default) the loaders gather batches from the whole split
+  held on the training device (:mod:`adadf.data.resident`), else DataLoader workers read the cache.
+  Ten-crop (SFEW): the workers slice the ten crops out of the cached, already resized
   frame (a memory-map read, no arithmetic), the device runs RandAugment per crop, batched, then
   flip, normalise, erase.
 - ``small_first`` (was ``fast``; never a default): RandAugment and the flip per image in PIL in the
