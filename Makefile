@@ -26,7 +26,8 @@ test: install
 bench: install
 	$(PY) benchmarks/throughput.py $(ARGS)
 
-# One GPU, under 8 minutes: CUDA-only tests, throughput per pipeline (fp32, AMP bf16), a 2-epoch RAF-size run.
+# One GPU, about 8 minutes: CUDA-only tests, throughput per pipeline (fp32, AMP bf16), 3-epoch RAF-size runs
+# (per pipeline x precision on CUDA), aug ops per batch, the step eager vs captured.
 # Anywhere, in a minute: make gpu-check ARGS="--quick --json out.json"
 gpu-check: install
 	$(PY) benchmarks/gpu_check.py $(ARGS)

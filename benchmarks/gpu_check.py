@@ -12,9 +12,11 @@ Prints and writes (``--json``, default ``gpu_check.json``; a markdown row for
    ``dataset.pipeline=auto`` runs on CUDA; ``small_first``; ``reference``), in fp32 and in AMP
    bf16 + channels_last; the class-distribution (LD) pass and evaluation images/s; peak memory
    (CUDA ``max_memory_allocated``) -- ``benchmarks/throughput.py``'s measurements;
-3. a 2-epoch ``python run.py experiment=raf`` on a generated RAF-DB-size set (12,271 / 3,068 faces
+3. a 3-epoch ``python run.py experiment=raf`` on a generated RAF-DB-size set (12,271 / 3,068 faces
    at 100 px in RAF-DB's layout, random-init backbone, AMP bf16 + channels_last): each epoch's
-   time and the projected 75-epoch time (first epoch + 74 x the second);
+   time, the steady epoch (mean of epochs 2-3), the pipeline ``dataset.pipeline=auto`` picked, and the
+   projected 75-epoch time (first epoch + 74 x the steady one); on CUDA the same 3-epoch run for every
+   pipeline x precision; and the aten ops per augmented batch of the device recipe at 64 and 256;
 4. with 2+ GPUs, the same run for one epoch under ``torchrun --nproc_per_node=2``;
 5. the step alone (batches already on the device, no loader): training, class-distribution pass and
    evaluation images/s, eager vs captured (``trainer.compile=true trainer.compile_mode=reduce-overhead``:
@@ -103,15 +105,19 @@ def measure_throughput(root: Path, size: dict, precision: str, extra: list[str])
     return results
 
 
-def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 1) -> dict[str, Any]:
-    """``python run.py experiment=raf`` (or under torchrun) for ``epochs`` epochs; per-epoch times.
-    AMP bf16 + channels_last on CUDA; fp32 on the CPU (bf16 autocast is slow on most CPUs)."""
-    precision = FAST_OVERRIDES if torch.cuda.is_available() else []
+def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 1,
+            precision: str | None = None, pipeline: str = "auto") -> dict[str, Any]:
+    """``python run.py experiment=raf`` (or under torchrun) for ``epochs`` epochs; per-epoch times,
+    the steady epoch (the mean of epochs 2.. : the first pays start-up) and the pipeline that ran.
+    ``precision`` None: AMP bf16 + channels_last on CUDA, fp32 on the CPU (bf16 autocast is slow there)."""
+    if precision is None:
+        precision = "amp_bf16_channels_last" if torch.cuda.is_available() else "fp32"
+    extra = [*PRECISIONS[precision], f"dataset.pipeline={pipeline}", *extra]
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
         overrides = ["experiment=raf", f"dataset.root={root}", "backbone.checkpoint=null", f"trainer.epochs={epochs}",
                      f"dataset.num_workers={size['workers']}", "logger=none", "trainer.progress=false",
-                     f"hydra.run.dir={run_dir}", *size["overrides"], *precision, *extra]
+                     f"hydra.run.dir={run_dir}", *size["overrides"], *extra]
         env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if size["threads"] else {})}
         launcher = [sys.executable, "run.py"] if nproc == 1 else [
             sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "run.py"]
@@ -120,7 +126,7 @@ def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 
         wall = time.perf_counter() - start
         out: dict[str, Any] = {"command": " ".join(["python", *launcher[1:], *overrides]),
                                "returncode": proc.returncode, "wall_s": wall, "processes": nproc,
-                               "precision": "amp_bf16_channels_last" if precision else "fp32"}
+                               "precision": precision, "pipeline_asked": pipeline}
         metrics = run_dir / "metrics.csv"
         if proc.returncode != 0 or not metrics.is_file():
             out["error"] = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -133,9 +139,32 @@ def raf_run(root: Path, size: dict, epochs: int, extra: list[str], nproc: int = 
                ld_time_s=frame["ld_time_s"].dropna().tolist() if "ld_time_s" in frame else [],
                test_acc=frame["test_acc"].tolist(), status=summary.get("status"),
                pipeline=next(iter(re.findall(r"\), (\w+) pipeline", log_text)), None))
-    steady = times[-1]
+    steady = sum(times[1:]) / len(times[1:]) if len(times) > 1 else times[0]
+    out["steady_epoch_s"] = steady
     out["projected_75_epochs_s"] = times[0] + (EPOCHS_PAPER - 1) * steady
     return out
+
+
+def raf_epochs(root: Path, size: dict, extra: list[str]) -> dict[str, Any]:
+    """The steady epoch of a 3-epoch ``experiment=raf`` run per pipeline and precision (on CUDA;
+    elsewhere only what ``auto`` runs, in fp32: the CPU's figures come from benchmarks/epoch_overhead.py)."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA: the main experiment=raf run is the CPU's only one"}
+    runs = {}
+    for pipeline in throughput.PIPELINES:
+        for precision in PRECISIONS:
+            run = raf_run(root, size, 3, extra, precision=precision, pipeline=pipeline)
+            runs[f"{pipeline}/{precision}"] = {k: run.get(k) for k in ("epoch_time_s", "steady_epoch_s", "status",
+                                                                       "error", "command")}
+    return runs
+
+
+def aug_ops(device: torch.device) -> dict[str, Any]:
+    """aten ops per augmented batch of the device recipe at batch 64 and 256 (benchmarks/aug_launches.py)."""
+    import aug_launches
+
+    result = aug_launches.main(["--sizes", "64", "256", "--batches", "1", "--images", "256", "--device", str(device)])
+    return {size: {"top_level": v["top_level"], "all": v["all"]} for size, v in result["sizes"].items()}
 
 
 def _timed(device: torch.device, work) -> float:
@@ -229,6 +258,9 @@ def markdown_row(r: dict[str, Any]) -> str:
         f"{fast['model_images_per_s']:.0f} / {fast['e2e_images_per_s']:.0f} ({fast['e2e_over_model']:.2f})",
         f"{fast['ld_pass_images_per_s']:.0f}", f"{fast['eval_images_per_s']:.0f}", f"{r['peak_memory_mb']:.0f}",
         " / ".join(f"{t:.1f}" for t in raf.get("epoch_time_s", [])) or "failed",
+        f"{raf['steady_epoch_s']:.1f}" if raf.get("steady_epoch_s") else "-",
+        str(r.get("auto_pipeline")),
+        " / ".join(str(v["top_level"]) for v in r["aug_ops"].values()),
         f"{projected / 60:.1f}" if projected else "-",
         (f"{ddp['epoch_time_s'][0]:.1f}" if ddp.get("epoch_time_s") else ddp.get("skipped", "failed")),
     ]
@@ -236,8 +268,9 @@ def markdown_row(r: dict[str, Any]) -> str:
 
 
 MARKDOWN_HEADER = ("| date | device | torch | CUDA tests pass/fail/skip | default pipeline | fp32 model / e2e img/s "
-                   "(ratio) | bf16+CL model / e2e img/s (ratio) | LD pass img/s | eval img/s | peak MB | RAF epoch 1 / 2 s "
-                   "| 75 epochs (min, projected) | 2-GPU torchrun epoch s |\n|" + "---|" * 13)
+                   "(ratio) | bf16+CL model / e2e img/s (ratio) | LD pass img/s | eval img/s | peak MB | RAF epoch 1 / 2 / 3 s "
+                   "| RAF steady epoch s | auto pipeline | aug ops / batch 64 / 256 | 75 epochs (min, projected) "
+                   "| 2-GPU torchrun epoch s |\n|" + "---|" * 16)
 
 
 def report(r: dict[str, Any]) -> None:
@@ -262,6 +295,17 @@ def report(r: dict[str, Any]) -> None:
               f"75 epochs projected {raf['projected_75_epochs_s'] / 60:.1f} min (wall {raf['wall_s']:.0f} s)")
     else:
         print(f"experiment=raf run failed: {raf.get('error')}")
+    print(f"dataset.pipeline=auto picked: {r.get('auto_pipeline')}")
+    epochs = r.get("raf_epochs") or {}
+    for name, run in epochs.items():
+        if isinstance(run, dict):
+            steady = run.get("steady_epoch_s")
+            print(f"  experiment=raf 3 epochs, {name:34s} steady epoch " + (f"{steady:.1f} s" if steady else
+                                                                         str(run.get("error"))))
+        else:
+            print(f"  per-pipeline experiment=raf runs: {run}")
+    print("aten ops per augmented batch (device recipe): " + ", ".join(
+        f"batch {size}: {v['top_level']} top-level ({v['all']} in all)" for size, v in r["aug_ops"].items()))
     ddp = r.get("torchrun") or {}
     print("torchrun, 2 processes: " + (f"epoch {ddp['epoch_time_s'][0]:.1f} s" if ddp.get("epoch_time_s")
                                        else str(ddp.get("skipped") or ddp.get("error"))))
@@ -309,7 +353,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["peak_memory_mb"] = max(p["e2e_peak_mem_mb"] for res in results["throughput"].values()
                                     for p in res["pipelines"].values())
     results["peak_memory_note"] = next(iter(results["throughput"]["fp32"]["pipelines"].values()))["mem_note"]
-    results["raf_run"] = raf_run(root, size, 2, args.overrides)
+    results["raf_run"] = raf_run(root, size, 3, args.overrides)
+    results["auto_pipeline"] = results["raf_run"].get("pipeline")  # what dataset.pipeline=auto picked here
+    results["raf_epochs"] = raf_epochs(root, size, args.overrides)
+    results["aug_ops"] = aug_ops(torch.device("cuda" if cuda else "cpu"))
     if results["gpus"] >= 2:
         results["torchrun"] = raf_run(root, size, 1, args.overrides, nproc=2)
     else:

@@ -42,10 +42,15 @@ def test_gpu_check_quick_writes_its_json(tmp_path: Path):
     assert r["peak_memory_mb"] > 0
 
     raf = r["raf_run"]
-    assert raf["returncode"] == 0 and raf["status"] == "completed" and raf["epochs"] == 2
-    assert raf["pipeline"] == r["default_pipeline"]  # the run's log names the pipeline auto picked
+    assert raf["returncode"] == 0 and raf["status"] == "completed" and raf["epochs"] == 3
+    assert raf["pipeline"] == r["default_pipeline"] == r["auto_pipeline"]  # the run's log names what auto picked
     assert all(t > 0 for t in raf["epoch_time_s"])
-    assert raf["projected_75_epochs_s"] == raf["epoch_time_s"][0] + 74 * raf["epoch_time_s"][1]
+    assert raf["steady_epoch_s"] == sum(raf["epoch_time_s"][1:]) / 2
+    assert raf["projected_75_epochs_s"] == raf["epoch_time_s"][0] + 74 * raf["steady_epoch_s"]
+    assert f"| {r['auto_pipeline']} |" in r["markdown_row"]
+    assert ("skipped" in r["raf_epochs"]) == (not cuda)
+    ops = r["aug_ops"]  # the device recipe's launch count: the same at both batch sizes
+    assert set(ops) == {"64", "256"} and ops["64"]["top_level"] == ops["256"]["top_level"] > 0
     assert "experiment=raf" in raf["command"] and "backbone.checkpoint=null" in raf["command"]
     assert ("skipped" in r["torchrun"]) == (r["gpus"] < 2)
 
