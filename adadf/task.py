@@ -60,6 +60,25 @@ def _error_line(err: BaseException) -> str:
     return ": ".join(part for part in (kind, first) if part)
 
 
+def apply_keep_last(policy: bool | str, files: RunFiles) -> None:
+    """``trainer.keep_last`` for a completed run: last.pt holds the optimizer state (~3x best.pt) and is
+    only needed to resume or extend the run. auto drops it for a sweep's jobs (dozens of them) and
+    keeps it otherwise; true keeps it; false drops it. A run that did not complete always keeps it."""
+    drop = policy is False or (policy == "auto" and app.in_multirun())
+    if not drop or not files.last_checkpoint.exists():
+        return
+    size = files.last_checkpoint.stat().st_size
+    files.last_checkpoint.unlink()
+    log.info("removed %s (%.0f MB, trainer.keep_last=%s): the run is complete; best.pt stays (pass "
+             "trainer.keep_last=true to keep last.pt for extending a run)", files.last_checkpoint, size / 2**20,
+             str(policy).lower())
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file under ``path`` (links not followed)."""
+    return sum(p.lstat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+
+
 def out_of_memory(err: BaseException, cfg: DictConfig, device: torch.device) -> UserError | None:
     """Running out of memory (CPU or GPU) as one line naming the keys that size it, else None."""
     text = str(err)
@@ -213,6 +232,9 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
     if status == "failed":
         summary["error"] = _error_line(error)
     if job.world.is_main:
+        if status == "completed":
+            apply_keep_last(cfg.trainer.get("keep_last", True), job.files)
+        summary["disk_mb"] = round(disk_bytes(job.files.run_dir) / 2**20, 1)  # what the run left on disk
         try:
             if run is not None and status != "completed" and run.trainer.progress.history:
                 job.files.write_metrics(run.trainer.progress.history)  # the epochs the checkpoints hold

@@ -96,3 +96,29 @@ def test_numbers_as_people_read_them():
     assert (counted(1, "face"), counted(2, "face"), counted(0, "job")) == ("1 face", "2 faces", "0 jobs")
     assert dataset_name({"_target_": "adadf.data.synthetic.build_synthetic", "num_classes": 7}) == "synthetic"
     assert dataset_name({"_target_": "adadf.data.affectnet.build_affectnet", "num_classes": 8}) == "affectnet8"
+
+
+def test_checkpoint_policy_and_disk_use(tmp_path: Path, cache_dir: Path, monkeypatch):
+    """A completed run says how much it left on disk; trainer.keep_last drops last.pt (optimizer state,
+    ~3x best.pt) where it is no longer needed: auto for a sweep's jobs, false for any run."""
+    import json
+
+    kept = tmp_path / "kept"
+    summary = train_here(kept, cache_dir, "trainer.epochs=1")
+    last = kept / "checkpoints" / "last.pt"
+    assert last.is_file()  # auto outside a sweep: the run can be extended with trainer.resume=auto
+    on_disk = sum(p.stat().st_size for p in kept.rglob("*") if p.is_file() and p.name != "summary.json")
+    assert summary["disk_mb"] == pytest.approx(on_disk / 2**20, abs=0.2)
+    assert json.loads((kept / "summary.json").read_text())["disk_mb"] == summary["disk_mb"]
+
+    dropped = tmp_path / "dropped"
+    summary = train_here(dropped, cache_dir, "trainer.epochs=1", "trainer.keep_last=false")
+    assert not (dropped / "checkpoints" / "last.pt").exists() and (dropped / "checkpoints" / "best.pt").is_file()
+    assert summary["disk_mb"] < json.loads((kept / "summary.json").read_text())["disk_mb"] - last.stat().st_size / 2**21
+
+    monkeypatch.setattr(app, "in_multirun", lambda: True)  # auto in a sweep's job
+    from adadf import task
+
+    files = task.RunFiles(kept)
+    task.apply_keep_last("auto", files)
+    assert not last.exists()

@@ -105,6 +105,10 @@ class TrainerConfig:
     eval_batch_size: Optional[int] = ranged(None, *at_least(1))
     resume: Optional[str] = None  # null | auto (this run dir's last.pt) | a checkpoint or run dir
     resume_allow_changes: bool = False  # resume although fusion/method/optimizer/scheduler values changed
+    # last.pt (~3x best.pt: optimizer state) after a run completes: auto drops it for a sweep's jobs (kept
+    # while any run can be resumed or extended, and outside sweeps); true keeps it; false drops it.
+    keep_last: Union[bool, str] = ranged("auto", lambda x: x is True or x is False or x == "auto",
+                                         "auto, true or false")
     progress: bool = True  # tqdm progress bars on interactive terminals
     deterministic: bool = False  # torch.use_deterministic_algorithms
     # The training images to re-check (docs/research.md): ranked by low attention or high label loss.
