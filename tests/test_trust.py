@@ -272,14 +272,15 @@ def test_a_rerun_sweep_reports_its_refused_jobs(run_cli, tmp_path: Path):
     from conftest import FAST
 
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", *FAST, "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
+    # trainer.keep_last=true: every job keeps its last.pt, as the jobs of a killed sweep do
+    args = ["-m", *FAST, "trainer.epochs=1", "trainer.keep_last=true", "seed=0,1", f"hydra.sweep.dir={sweep_dir}"]
     first = run_cli(args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 1
     assert f"sweep {sweep_dir}: 2 jobs, 0 completed, 2 failed" in again.stdout
-    assert f"refused: job 0 (debug=fast dataset.num_workers=0 trainer.epochs=1 seed=0): {sweep_dir / '0'} holds a run" \
-        in again.stdout
+    assert (f"refused: job 0 (debug=fast dataset.num_workers=0 trainer.epochs=1 trainer.keep_last=true seed=0): "
+            f"{sweep_dir / '0'} holds a run") in again.stdout
     table = pd.read_csv(sweep_dir / "sweep_summary.csv")
     assert table["status"].tolist() == ["refused", "refused"]
     log = again.stdout + again.stderr
