@@ -279,8 +279,8 @@ def test_a_rerun_sweep_reports_its_refused_jobs(run_cli, tmp_path: Path):
     again = run_cli(args, cwd=tmp_path)
     assert again.returncode == 1
     assert f"sweep {sweep_dir}: 2 jobs, 0 completed, 2 failed" in again.stdout
-    assert (f"refused: job 0 (debug=fast dataset.num_workers=0 trainer.epochs=1 trainer.keep_last=true seed=0): "
-            f"{sweep_dir / '0'} holds a run") in again.stdout
+    refusal = next(line for line in again.stdout.splitlines() if line.startswith("refused: job 0 ("))
+    assert f"seed=0): {sweep_dir / '0'} holds a run" in refusal
     table = pd.read_csv(sweep_dir / "sweep_summary.csv")
     assert table["status"].tolist() == ["refused", "refused"]
     log = again.stdout + again.stderr
