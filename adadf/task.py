@@ -214,6 +214,10 @@ def execute(cfg: DictConfig, job: Claim) -> dict[str, Any]:
         except KeyboardInterrupt:
             raise RunInterrupted(f"stopped by SIGINT before the run was restored; {job.files.run_dir} is "
                                  "as it was") from None
+        except Exception as err:
+            if app.in_multirun() and job.world.is_main:  # its dir keeps the earlier run's summary
+                note_refusal(app.sweep_dir(), job.files.run_dir, _error_line(err))
+            raise
     status, error = "failed", None
     try:
         run = run or start(cfg, job)
