@@ -33,6 +33,10 @@ from adadf.engine.loop import StepContext
 from adadf.errors import UserError
 from adadf.methods.base import Method
 from adadf.tracking import Logger, NullLogger, RunFiles
+from adadf.tracking.callbacks import Callback
+from adadf.tracking.class_distributions import ClassDistributionPictures
+from adadf.tracking.samples import SampleDetector
+from adadf.tracking.writer import BackgroundWriter
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +316,18 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Parts:
                  precision.channels_last, device.type)
     return Parts(data=data, model=model, method=method, optimizer=optimizer, scheduler=scheduler,
                  ctx=step_context(trainer, device, precision), trainer=trainer, config=config)
+
+
+def build_callbacks(parts: Parts, files: RunFiles, logger: Logger, is_main: bool = True) -> list[Callback]:
+    """The reports a training run subscribes to the trainer's events: the per-sample detector and the
+    class-distribution pictures, whose files one background writer draws and writes while the next
+    epoch trains. The writer comes last: its ``end_run`` waits for what the others submitted."""
+    trainer = parts.trainer
+    writer = BackgroundWriter()
+    every = {"epochs": trainer.epochs, "plots_every": trainer.plots_every, "is_main": is_main}
+    return [
+        SampleDetector(parts.data, parts.method, parts.ctx.device, files.run_dir, logger, writer,
+                       suspects_by=trainer.suspects_by, suspects=trainer.suspects, **every),
+        ClassDistributionPictures(parts.method, parts.data.class_names, files.run_dir, logger, writer, **every),
+        writer,
+    ]

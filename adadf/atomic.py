@@ -12,11 +12,24 @@ from typing import IO, Iterator
 _TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
-def _new_file_mode() -> int:
-    """The mode ``open()`` gives a new file (0o666 less the umask); mkstemp's own is 0o600."""
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS tells (Linux): setting it to read it
+    back would, for a moment, change the mode of files other threads create (the report writer)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask); mkstemp's own is 0o600."""
+    return 0o666 & ~_umask()
 
 
 @contextlib.contextmanager

@@ -174,7 +174,7 @@ class TrainingRun:
             data=parts.data, ctx=parts.ctx, files=files, logger=self.logger, epochs=parts.trainer.epochs,
             seed=rank_seed, config=parts.config, is_main=world.is_main,
             reduce=distributed.all_reduce_sum if world.enabled else None,
-            suspects_by=parts.trainer.suspects_by, suspects=parts.trainer.suspects,
+            callbacks=app.build_callbacks(parts, files, self.logger, world.is_main),
         )
         run_id = None
         if resume_from is not None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from adadf import inference
-from adadf.engine.samples import SampleRecorder
+from adadf.tracking.samples import SampleRecorder
 from adadf.methods.adadf import AdaDFMethod
 from adadf.methods.ce import CEMethod
 from adadf.config.schema import FusionConfig
@@ -119,3 +119,12 @@ def test_pictures_and_suspects(noisy_run: Path):
     suspects = pd.read_csv(noisy_run / "suspects.csv")
     assert len(suspects) == 24  # trainer.suspects=36 > 24 images: all of them, ranked
     assert suspects["aux_loss"].is_monotonic_decreasing  # trainer.suspects_by=aux_loss (the default)
+
+
+def test_plots_every_writes_every_nth_epoch_and_the_last(tmp_path: Path, cache_dir: Path):
+    summary = train_here(tmp_path, cache_dir, "trainer.epochs=3", "trainer.plots_every=2", "trainer.suspects=0")
+    assert summary["status"] == "completed"
+    names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert names == ["attention_e002.png", "attention_e003.png", "class_dist_e002.png", "class_dist_e003.png"]
+    assert len(pd.read_csv(tmp_path / "train_attention.csv")) == 24
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3]  # every epoch's row all the same

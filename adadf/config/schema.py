@@ -114,6 +114,9 @@ class TrainerConfig:
     # The training images to re-check (docs/research.md): ranked by low attention or high label loss.
     suspects_by: str = ranged("aux_loss", *one_of("attention", "aux_loss"))
     suspects: int = ranged(36, *at_least(0))  # how many (0: none)
+    # Per-epoch pictures, train_attention.csv and their W&B media: every N epochs and after the last,
+    # drawn and written on a background thread while the next epoch trains.
+    plots_every: int = ranged(1, *at_least(1))
 
 
 @dataclass

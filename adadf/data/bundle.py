@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from adadf.data.noise import flip_labels
 from adadf.data.samplers import distributed_sampler, recording
+from adadf.data.workers import PersistentLoader
 from adadf.errors import UserError
 
 BatchTransform = Callable[[torch.Tensor], torch.Tensor]
@@ -111,16 +112,17 @@ def make_loader(
     generator = torch.Generator().manual_seed(seed)
     if train:
         sampler = recording(sampler, dataset, generator)
-    return DataLoader(
+    # Worker processes persist across passes (no pool start and shutdown per pass) and are reseeded
+    # per pass from the per-epoch reseeded generator, as fresh workers would be (adadf.data.workers),
+    # so a resumed run draws exactly what an uninterrupted one would.
+    loader_class = PersistentLoader if num_workers > 0 else DataLoader
+    return loader_class(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         drop_last=train,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        # Fresh workers each epoch: their augmentation RNG then derives from the per-epoch reseeded
-        # generator, so a resumed run draws exactly what an uninterrupted one would.
-        persistent_workers=False,
         generator=generator,
     )
 

@@ -13,11 +13,8 @@ from tqdm import tqdm
 from adadf.data.bundle import BatchTransform
 from adadf.engine.interrupt import StopFlag
 from adadf.errors import UserError
-from adadf.methods.base import Method, Outputs, Reducer
-
-
-# Called with each batch's (outputs, labels per row [N], number of images B) by a pass.
-BatchHook = Callable[[Outputs, torch.Tensor, int], None]
+from adadf.methods.base import Method, Reducer
+from adadf.tracking.callbacks import BatchHook
 
 
 class NonFiniteLoss(UserError):
@@ -131,7 +128,7 @@ def train_one_epoch(
         ctx.scaler.update()
         if observe:
             method.observe(outputs, y)
-        if on_batch is not None:  # per-sample scores (adadf.engine.samples), from this very pass
+        if on_batch is not None:  # the callbacks' (per-sample scores: adadf.tracking.samples), this very pass
             on_batch(outputs, y, num_images)
         with torch.no_grad():
             totals = {"correct": (outputs[1].argmax(1) == y).sum().double()}  # target-branch accuracy

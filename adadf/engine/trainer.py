@@ -1,4 +1,4 @@
-"""The epoch loop: train -> class distributions -> evaluate -> checkpoint, resumable exactly."""
+"""The epoch loop: train -> class distributions -> callbacks -> evaluate -> checkpoint, resumable exactly."""
 from __future__ import annotations
 
 import copy
@@ -18,10 +18,10 @@ from adadf.data.bundle import DataBundle
 from adadf.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointWriteError, plain_data, rng_state,
                                     save_all_atomic, set_rng_state)
 from adadf.engine.distributed import broadcast_buffers, check_same_across_ranks, unwrap, unwrap_ddp
-from adadf.engine.loop import StepContext, evaluate, observe_pass, train_one_epoch
-from adadf.engine.samples import SampleDetector
+from adadf.engine.loop import EvalResult, StepContext, evaluate, observe_pass, train_one_epoch
 from adadf.methods.base import Method, Reducer
 from adadf.tracking import Logger, RunFiles
+from adadf.tracking.callbacks import CLASS_DIST_PASS, TRAIN_PASS, Callback, CallbackList
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ class Trainer:
     is_main: bool = True
     reduce: Reducer | None = None
     progress: Progress = field(default_factory=Progress)
-    suspects_by: str = "aux_loss"  # per-sample score that ranks the images to re-check (engine/samples.py)
-    suspects: int = 36
+    # Reports that subscribe to the loop's events (per-sample scores, pictures; adadf.tracking),
+    # called in this order; built by the composition root.
+    callbacks: list[Callback] = field(default_factory=list)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -161,70 +162,85 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def fit(self) -> Progress:
         """Run the remaining epochs; raises on interrupt or failure after the last checkpoint."""
-        data, method, ctx = self.data, self.method, self.ctx
+        callbacks = CallbackList(self.callbacks)
+        callbacks.begin_run()
+        completed = False
+        try:
+            for epoch in range(self.progress.epoch + 1, self.epochs + 1):
+                start = time.perf_counter()
+                row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+                row |= self._train(epoch, callbacks)
+                row |= self._class_distributions(epoch, callbacks)
+                row |= callbacks.end_epoch(epoch, self.reduce)  # per-sample scores, pictures (adadf.tracking)
+                self.scheduler.step()
+                scores, test = self._evaluate()
+                row |= scores
+                row["epoch_time_s"] = time.perf_counter() - start
+                self._record(epoch, row, test)
+            completed = True
+        finally:
+            callbacks.end_run(completed)  # the writer's thread is joined here, also on the way out of a failure
+        return self.progress
+
+    def _train(self, epoch: int, callbacks: CallbackList) -> dict[str, Any]:
+        """The training pass; its batches go to the method (online statistics) and the callbacks."""
+        _reseed(self.data.train_loader, self.seed, epoch, 0)
+        row = train_one_epoch(
+            self.model, self.data.train_loader, self.optimizer, self.method, epoch, self.ctx,
+            batch_transform=self.data.train_batch_transform, observe=self.method.observes == LDPass.online,
+            reduce=self.reduce, on_batch=callbacks.begin_pass(TRAIN_PASS),
+        )
+        broadcast_buffers(unwrap_ddp(self.model))  # DDP: every rank evaluates rank 0's BatchNorm statistics
+        return row
+
+    def _class_distributions(self, epoch: int, callbacks: CallbackList) -> dict[str, Any]:
+        """The method's per-epoch pass (``observes``: augmented or clean), then its update."""
+        data, method, ctx, inner = self.data, self.method, self.ctx, unwrap_ddp(self.model)
         # No-grad passes run on the module inside DDP: no hooks, no collectives, so ranks may see
         # shards of different lengths (evaluation); their results are summed with ``reduce``.
-        inner = unwrap_ddp(self.model)
-        samples = SampleDetector(data, method, ctx.device, self.files.run_dir, self.logger, self.is_main,
-                                 self.suspects_by, self.suspects)
-        samples.begin_run()
-        # Per-sample scores come from the method's own pass: its class-distribution pass, else training.
-        in_training = method.observes not in (LDPass.augmented, LDPass.clean)
-        for epoch in range(self.progress.epoch + 1, self.epochs + 1):
-            start = time.perf_counter()
-            lr = self.optimizer.param_groups[0]["lr"]
-            _reseed(data.train_loader, self.seed, epoch, 0)
-            row: dict[str, Any] = {"epoch": epoch, "lr": lr}
-            row |= train_one_epoch(
-                self.model, data.train_loader, self.optimizer, method, epoch, ctx,
-                batch_transform=data.train_batch_transform,
-                observe=method.observes == LDPass.online, reduce=self.reduce,
-                on_batch=samples.training_pass() if in_training else None,
-            )
-            broadcast_buffers(inner)  # DDP: every rank evaluates rank 0's BatchNorm statistics
-            ld_start = time.perf_counter()
-            if method.observes == LDPass.augmented:  # Ada-DF's reference: the training loader as is
-                _reseed(data.train_loader, self.seed, epoch, 1)
-                observe_pass(inner, data.train_loader, method, ctx, batch_transform=data.train_batch_transform,
-                             on_batch=samples.training_pass())
-            elif method.observes == LDPass.clean:
-                observe_pass(inner, data.clean_train_loader, method, ctx, batch_transform=data.eval_batch_transform,
-                             on_batch=samples.clean_pass())
-            method.end_epoch(self.reduce)
-            if self.reduce is not None:  # DDP guard: every rank must have learnt the same state
-                for key, value in method.state_dict().items():
-                    if isinstance(value, torch.Tensor):
-                        check_same_across_ranks(value.to(self.ctx.device), f"the method's {key}")
-            row["ld_time_s"] = time.perf_counter() - ld_start
-            row |= samples.end_epoch(epoch, self.reduce)  # train_attention.csv, pictures, noise AUROCs
-            self.scheduler.step()
+        start = time.perf_counter()
+        if method.observes == LDPass.augmented:  # Ada-DF's reference: the training loader as is
+            _reseed(data.train_loader, self.seed, epoch, 1)
+            observe_pass(inner, data.train_loader, method, ctx, batch_transform=data.train_batch_transform,
+                         on_batch=callbacks.begin_pass(CLASS_DIST_PASS))
+        elif method.observes == LDPass.clean:
+            observe_pass(inner, data.clean_train_loader, method, ctx, batch_transform=data.eval_batch_transform,
+                         on_batch=callbacks.begin_pass(CLASS_DIST_PASS))
+        method.end_epoch(self.reduce)
+        if self.reduce is not None:  # DDP guard: every rank must have learnt the same state
+            for key, value in method.state_dict().items():
+                if isinstance(value, torch.Tensor):
+                    check_same_across_ranks(value.to(ctx.device), f"the method's {key}")
+        return {"ld_time_s": time.perf_counter() - start}
 
-            if data.val_loader is not None:
-                val = evaluate(inner, data.val_loader, data.num_classes, ctx,
-                               batch_transform=data.eval_batch_transform, desc="val", reduce=self.reduce)
-                row |= {"val_acc": val.acc, "val_mean_class_acc": val.mean_class_acc}
-            test = evaluate(inner, data.test_loader, data.num_classes, ctx,
-                            batch_transform=data.eval_batch_transform, reduce=self.reduce)
-            row |= {"test_acc": test.acc, "test_mean_class_acc": test.mean_class_acc}
-            row["epoch_time_s"] = time.perf_counter() - start
+    def _evaluate(self) -> tuple[dict[str, float], EvalResult]:
+        """Validation (when split off) and test accuracies for the row, and the test result."""
+        data, inner, row = self.data, unwrap_ddp(self.model), {}
+        if data.val_loader is not None:
+            val = evaluate(inner, data.val_loader, data.num_classes, self.ctx,
+                           batch_transform=data.eval_batch_transform, desc="val", reduce=self.reduce)
+            row |= {"val_acc": val.acc, "val_mean_class_acc": val.mean_class_acc}
+        test = evaluate(inner, data.test_loader, data.num_classes, self.ctx,
+                        batch_transform=data.eval_batch_transform, reduce=self.reduce)
+        return row | {"test_acc": test.acc, "test_mean_class_acc": test.mean_class_acc}, test
 
-            p = self.progress
-            saved = copy.deepcopy(p)  # what the checkpoints on disk hold, until this epoch's are written
-            improved = test.acc > p.best_acc
-            if improved:
-                p.best_acc, p.best_epoch = test.acc, epoch
-                p.best_per_class_acc, p.best_confusion = test.per_class_acc, test.confusion.tolist()
-            p.best_mean_class_acc = max(p.best_mean_class_acc, test.mean_class_acc)
-            p.epoch = epoch
-            p.history.append(row)
-            self._save(improved, saved)
-            if self.is_main:
-                self.files.write_metrics(p.history)
-                self.logger.log_epoch(row)
-            log.info(
-                "epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%% (best %.2f%% @%d)  %.1fs  %.0f img/s",
-                epoch, self.epochs, row["train_loss"], row["train_acc"], test.acc, p.best_acc,
-                p.best_epoch, row["epoch_time_s"], row["train_images_per_s"],
-            )
-        samples.end_run()  # the images to re-check, from the last epoch's scores
-        return self.progress
+    def _record(self, epoch: int, row: dict[str, Any], test: EvalResult) -> None:
+        """The epoch into ``progress``, the checkpoints, metrics.csv and the logger, in that order."""
+        p = self.progress
+        saved = copy.deepcopy(p)  # what the checkpoints on disk hold, until this epoch's are written
+        improved = test.acc > p.best_acc
+        if improved:
+            p.best_acc, p.best_epoch = test.acc, epoch
+            p.best_per_class_acc, p.best_confusion = test.per_class_acc, test.confusion.tolist()
+        p.best_mean_class_acc = max(p.best_mean_class_acc, test.mean_class_acc)
+        p.epoch = epoch
+        p.history.append(row)
+        self._save(improved, saved)
+        if self.is_main:
+            self.files.write_metrics(p.history)
+            self.logger.log_epoch(row)
+        log.info(
+            "epoch %d/%d  loss %.4f  train %.2f%%  test %.2f%% (best %.2f%% @%d)  %.1fs  %.0f img/s",
+            epoch, self.epochs, row["train_loss"], row["train_acc"], test.acc, p.best_acc,
+            p.best_epoch, row["epoch_time_s"], row["train_images_per_s"],
+        )

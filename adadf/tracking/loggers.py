@@ -1,8 +1,10 @@
 """Experiment trackers. The trainer talks to this small interface; W&B is one implementation."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -42,6 +44,16 @@ class Logger:
 
 class NullLogger(Logger):
     """``logger=csv`` / ``logger=none``: the run files only."""
+
+
+def _serialized(method):
+    """One call at a time: the trainer logs rows while the report writer's thread logs pictures,
+    and a W&B run is not safe to call from two threads at once."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
 
 
 def wandb_logged_in() -> bool:
@@ -90,7 +102,9 @@ class WandbLogger(Logger):
         self.log_checkpoint = log_checkpoint
         self._run = None
         self._staging: str | None = None
+        self._lock = threading.RLock()
 
+    @_serialized
     def start(self, run_dir: Path, config: dict[str, Any], run_id: str | None = None) -> None:
         import wandb
 
@@ -120,15 +134,18 @@ class WandbLogger(Logger):
         self._run.define_metric("*", step_metric="epoch")
         log.info("W&B run %s (%s) in %s", self._run.id, self.mode, run_dir / "wandb")
 
+    @_serialized
     def log_epoch(self, row: dict[str, Any]) -> None:
         if self._run is not None:
             self._run.log(dict(row))
 
+    @_serialized
     def log_summary(self, summary: dict[str, Any]) -> None:
         if self._run is not None:
             for key, value in summary.items():
                 self._run.summary[key] = value
 
+    @_serialized
     def log_evaluation(self, per_class_acc, confusion, class_names, prefix: str = "best") -> None:
         if self._run is None:
             return
@@ -151,6 +168,7 @@ class WandbLogger(Logger):
         for name, acc in zip(class_names, per_class_acc):
             self._run.summary[f"{prefix}/acc_{name}"] = float(acc)
 
+    @_serialized
     def log_file(self, path: Path, name: str, kind: str) -> None:
         if self._run is None or not (self.log_checkpoint or kind != "model"):
             return
@@ -161,6 +179,7 @@ class WandbLogger(Logger):
         artifact.add_file(str(path), policy="immutable" if kind == "model" else "mutable")
         self._run.log_artifact(artifact)
 
+    @_serialized
     def log_image(self, name: str, path: Path, epoch: int | None = None) -> None:
         if self._run is None:
             return
@@ -168,6 +187,7 @@ class WandbLogger(Logger):
 
         self._run.log({name: wandb.Image(str(path)), **({"epoch": epoch} if epoch is not None else {})})
 
+    @_serialized
     def log_table(self, name: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         if self._run is None:
             return
@@ -181,6 +201,7 @@ class WandbLogger(Logger):
 
         self._run.log({name: wandb.Table(columns=list(columns), data=[[cell(v) for v in row] for row in rows])})
 
+    @_serialized
     def finish(self, exit_code: int = 0) -> None:
         if self._run is not None:
             self._run.finish(exit_code=exit_code)

@@ -1,15 +1,19 @@
 """The attention as a noise and ambiguity detector: per training image, its attention and the loss
-of the branch trained on the labels, from a pass the method runs anyway (no extra pass).
+of the branch trained on the labels, from a pass the method runs anyway (no extra pass). A trainer
+callback (``adadf.tracking.callbacks``): ``Trainer.fit`` knows nothing of it.
 
 - Where the scores come from: Ada-DF's class-distribution pass (``fusion.ld_pass=augmented``: the
   training loader as is, eval mode; ``clean``: every image once with the test transform), else
-  the training batches themselves (``online``, ``method=ce``: train mode, before the step). Batch
-  ``k`` of a training-loader pass holds samples ``data.train_order()[k*B:(k+1)*B]``; under DDP each
-  rank fills its shard and the arrays are summed across ranks.
-- Each epoch (rank 0): ``train_attention.csv`` (index, path, label, attention, aux_loss,
-  prediction; with label noise also flipped, clean_label), ``noise_auroc`` (low attention finds the
-  flipped labels, AUROC %) and ``noise_auroc_aux_loss`` (high loss finds them) for metrics.csv and
-  W&B, and the pictures: class-distribution heatmap and attention histogram.
+  the training batches themselves (``online``, ``method=ce``: train mode, the step's own
+  forward). Batch ``k`` of a training-loader pass holds samples ``data.train_order()[k*B:(k+1)*B]``;
+  under DDP each rank fills its shard and the arrays are summed across ranks.
+- The scores stay on the training device during the pass (no sync per batch) and come to the CPU
+  once, at the end of the epoch.
+- Each epoch, on the training thread: ``noise_auroc`` (low attention finds the flipped labels,
+  AUROC %) and ``noise_auroc_aux_loss`` (high loss finds them) for metrics.csv and W&B (label
+  noise only). Every ``trainer.plots_every`` epochs and after the last, on the writer's thread
+  (rank 0): ``train_attention.csv`` (index, path, label, attention, aux_loss, prediction; with
+  label noise also flipped, clean_label) and the attention histogram.
 - After the last epoch: the images most likely mislabelled or ambiguous (ranked by
   ``trainer.suspects_by``) as a PNG grid and a W&B table.
 
@@ -26,12 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
 from adadf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from adadf.methods.base import Method, Outputs, Reducer
 from adadf.metrics import auroc
-from adadf.tracking import Logger
+from adadf.tracking import plots
+from adadf.tracking.callbacks import CLASS_DIST_PASS, TRAIN_PASS, BatchHook, Callback
 from adadf.tracking.files import write_text_atomic
+from adadf.tracking.loggers import Logger
+from adadf.tracking.writer import BackgroundWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +70,7 @@ def noise_aurocs(scores: SampleScores, flipped: np.ndarray) -> dict[str, float]:
 
 
 class SampleRecorder:
-    """Fills per-sample arrays from the batches of one pass (``on_batch`` of the loop functions)."""
+    """Fills per-sample arrays on the training device from the batches of one pass (a ``BatchHook``)."""
 
     def __init__(self, num_samples: int, method: Method, device: torch.device) -> None:
         self.num_samples = num_samples
@@ -115,13 +123,20 @@ def sequential_order(loader: Any) -> Callable[[], list[int]]:
     return lambda: list(iter(loader.sampler))
 
 
-class SampleDetector:
-    """Owns the recorder, the per-epoch files and pictures, and the end-of-run suspects."""
+def pictures_due(epoch: int, every: int, last_epoch: int) -> bool:
+    """``trainer.plots_every``: the per-epoch files of every ``every``-th epoch and of the last."""
+    return epoch % every == 0 or epoch >= last_epoch
+
+
+class SampleDetector(Callback):
+    """Owns the recorder, the per-epoch scores file and picture, and the end-of-run suspects."""
 
     def __init__(self, data: DataBundle, method: Method, device: torch.device, run_dir: Path, logger: Logger,
-                 is_main: bool = True, suspects_by: str = "aux_loss", suspects: int = 36) -> None:
-        self.data, self.method, self.logger, self.is_main = data, method, logger, is_main
+                 writer: BackgroundWriter, *, epochs: int, plots_every: int = 1, is_main: bool = True,
+                 suspects_by: str = "aux_loss", suspects: int = 36) -> None:
+        self.data, self.method, self.logger, self.writer, self.is_main = data, method, logger, writer, is_main
         self.run_dir = Path(run_dir)
+        self.epochs, self.plots_every = epochs, plots_every
         self.suspects_by, self.suspects = suspects_by, suspects
         self.recorder = SampleRecorder(len(data.train_labels), method, device)
         self.scores: SampleScores | None = None
@@ -129,11 +144,16 @@ class SampleDetector:
                         np.asarray(data.clean_train_labels) != np.asarray(data.train_labels))
 
     # -- passes --------------------------------------------------------------------------
-    def training_pass(self) -> SampleRecorder:
-        return self.recorder.start(self.data.train_order)
-
-    def clean_pass(self) -> SampleRecorder:
-        return self.recorder.start(sequential_order(self.data.clean_train_loader))
+    def begin_pass(self, kind: str) -> BatchHook | None:
+        """The method's own class-distribution pass when it has one, else the training pass."""
+        observes = self.method.observes
+        if kind == CLASS_DIST_PASS and observes == LDPass.clean:
+            return self.recorder.start(sequential_order(self.data.clean_train_loader))
+        if kind == CLASS_DIST_PASS and observes == LDPass.augmented:
+            return self.recorder.start(self.data.train_order)
+        if kind == TRAIN_PASS and observes not in (LDPass.augmented, LDPass.clean):
+            return self.recorder.start(self.data.train_order)
+        return None
 
     # -- files ---------------------------------------------------------------------------
     def begin_run(self) -> None:
@@ -161,35 +181,32 @@ class SampleDetector:
             frame["clean_label"] = data.clean_train_labels
         return frame
 
-    def end_epoch(self, epoch: int, reduce: Reducer | None = None) -> dict[str, float]:
-        """Collect this epoch's scores (every rank), write them (rank 0); the metrics for the row."""
+    def end_epoch(self, epoch: int, reduce: Reducer | None = None) -> dict[str, Any]:
+        """Collect this epoch's scores (every rank: one transfer, one all-reduce), the AUROCs for the
+        row; the files go to the writer (rank 0, when due)."""
         scores = self.scores = self.recorder.finish(reduce)
         metrics = noise_aurocs(scores, self.flipped) if self.flipped is not None else {}
-        if not self.is_main:
-            return metrics
-        from adadf.tracking import plots
-
-        write_text_atomic(self.run_dir / ATTENTION_CSV, self.table(scores).to_csv(index=False))
-        pictures = self.run_dir / PLOTS_DIR
-        path = plots.attention_histogram(scores.attention, self.flipped, pictures / f"attention_e{epoch:03d}.png",
-                                         title=f"attention, epoch {epoch}")
-        self.logger.log_image("attention_histogram", path, epoch)
-        matrix = self.method.class_distributions()
-        if matrix is not None:
-            path = plots.class_distribution_heatmap(matrix.detach().cpu().numpy(), self.data.class_names,
-                                                    pictures / f"class_dist_e{epoch:03d}.png",
-                                                    title=f"class distributions after epoch {epoch}")
-            self.logger.log_image("class_distributions", path, epoch)
+        if self.is_main and pictures_due(epoch, self.plots_every, self.epochs):
+            self.writer.submit(f"{ATTENTION_CSV} and the attention histogram of epoch {epoch}",
+                               self._write_epoch, scores, epoch)
         return metrics
 
-    def end_run(self) -> None:
-        """The images a person should re-check: a PNG grid and a W&B table (rank 0)."""
-        if not self.is_main or self.scores is None or self.suspects == 0:
-            return
-        from adadf.tracking import plots
+    def _write_epoch(self, scores: SampleScores, epoch: int) -> None:
+        write_text_atomic(self.run_dir / ATTENTION_CSV, self.table(scores).to_csv(index=False))
+        path = plots.attention_histogram(scores.attention, self.flipped,
+                                         self.run_dir / PLOTS_DIR / f"attention_e{epoch:03d}.png",
+                                         title=f"attention, epoch {epoch}")
+        self.logger.log_image("attention_histogram", path, epoch)
 
-        frame = self.table(self.scores)
-        frame["suspicion"] = self.scores.suspicion(self.suspects_by)
+    def end_run(self, completed: bool) -> None:
+        """The images a person should re-check (rank 0, a completed run): to the writer."""
+        if completed and self.is_main and self.scores is not None and self.suspects > 0:
+            self.writer.submit("the suspects (suspects.csv, plots/suspects.png)", self._write_suspects, self.scores)
+
+    def _write_suspects(self, scores: SampleScores) -> None:
+        """A PNG grid and a W&B table of the ``suspects`` highest ranked by ``suspects_by``."""
+        frame = self.table(scores)
+        frame["suspicion"] = scores.suspicion(self.suspects_by)
         top = frame.dropna(subset=["suspicion"]).sort_values("suspicion", ascending=False, kind="stable")
         top = top.head(self.suspects)
         write_text_atomic(self.run_dir / SUSPECTS_CSV, top.to_csv(index=False))
