@@ -556,10 +556,11 @@ def test_pipeline_auto_resolves_by_training_device(data, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------ run.py
-def _contract(run: Path, hydra: bool = True) -> dict:
-    for name in ("metrics.csv", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
-                 *([".hydra/config.yaml"] if hydra else [])):
+def _contract(run: Path, hydra: bool = True, last: bool = True) -> dict:
+    """The run's files; ``last``: whether last.pt stays (trainer.keep_last=auto drops it for sweep jobs)."""
+    for name in ("metrics.csv", "summary.json", "checkpoints/best.pt", *([".hydra/config.yaml"] if hydra else [])):
         assert (run / name).is_file(), f"{run / name} missing"
+    assert (run / "checkpoints" / "last.pt").is_file() == last
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 1
     assert len(pd.read_csv(run / "metrics.csv")) == 1
@@ -583,7 +584,7 @@ def test_every_experiment_runs_through_run_py(run_cli, tmp_path):
     for job, (name, crops, classes) in enumerate([("raf", 1, 7), ("affectnet7", 1, 7), ("affectnet8", 1, 8),
                                                   ("sfew", 10, 7)]):
         run = sweep / str(job)
-        summary = _contract(run)
+        summary = _contract(run, last=False)  # a completed sweep job keeps best.pt only
         assert len(summary["best_per_class_acc"]) == classes
         log = (run / "run.log").read_text()
         assert f"({crops} crop" in log, log[-2000:]

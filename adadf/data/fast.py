@@ -85,7 +85,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import transforms as T
 from tqdm import tqdm
 
@@ -93,6 +92,7 @@ from adadf.atomic import atomic_path
 from adadf.data.batch_randaugment import BatchRandAugment, OnDevice, ramp, to_device
 from adadf.data.bundle import DataBundle, build_bundle
 from adadf.data.cache import cache_dir, digest_problem, file_digest, write_digest
+from adadf.data.cached import CachedImageDataset
 from adadf.data.decode import image_size, load_rgb
 from adadf.data.resident import resident_bundle
 from adadf.data.index import ImageIndex
@@ -214,36 +214,6 @@ def build_cache(index: ImageIndex, size: int, split: str = "train", threads: int
     log.info("decoded %d %s images to %d px in %.1f s: %s (%.0f MB)", len(index), split, size,
              time.perf_counter() - start, path, path.stat().st_size / 2**20)
     return path
-
-
-class CachedImageDataset(Dataset):
-    """Items ``(uint8 [3, S, S], label)`` from a cache file; ``augment`` (PIL -> PIL) per image.
-
-    The memory map is opened lazily in each process, so pickling the dataset to a DataLoader worker
-    sends only the path.
-    """
-
-    def __init__(self, path: Path, labels: list[int], augment: Callable | None = None) -> None:
-        self.path = Path(path)
-        self.labels = list(labels)
-        self.augment = augment
-        self._pixels: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_pixels": None}
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        if self._pixels is None:
-            self._pixels = np.load(self.path, mmap_mode="r")
-        pixels = self._pixels[i]  # [S, S, 3] view of the memory map
-        if self.augment is not None:
-            pixels = np.array(self.augment(Image.fromarray(pixels)))  # own, writable copy
-        else:
-            pixels = np.array(pixels)  # own, writable copy
-        return torch.from_numpy(pixels).permute(2, 0, 1), self.labels[i]  # [3, S, S]
 
 
 def ten_crop_windows(height: int, width: int, crop: int) -> list[tuple[int, int, bool]]:

@@ -151,10 +151,10 @@ def untagged(dataset: Dataset) -> Dataset:
 
 def flatten(dataset: Dataset) -> tuple[Dataset, list[int] | None, list[int]] | None:
     """``(cache dataset, its rows or None for all, labels)`` behind ``dataset`` (a plain
-    :class:`~adadf.data.fast.CachedImageDataset` without per-image augmentation, under any
+    :class:`~adadf.data.cached.CachedImageDataset` without per-image augmentation, under any
     ``Subset`` / ``Relabeled`` / worker ``PassSeeded`` wrappers); None for anything else."""
     from adadf.data.bundle import Relabeled
-    from adadf.data.fast import CachedImageDataset
+    from adadf.data.cached import CachedImageDataset
 
     if untagged(dataset) is not dataset:
         return flatten(untagged(dataset))
