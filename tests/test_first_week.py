@@ -20,19 +20,43 @@ def test_missing_backbone_file_is_named_before_any_work(tmp_path: Path, cache_di
     assert "docs/datasets.md" in line and line.endswith("backbone.checkpoint=null trains from scratch")
 
 
-def test_wandb_online_without_a_login_is_one_line_before_any_work(compose_cfg, tmp_path: Path, monkeypatch):
-    for var in ("WANDB_API_KEY", "WANDB_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
-    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
-    cfg = compose_cfg(["logger=wandb", "logger.mode=online"])
-    with pytest.raises(UserError) as err:
-        app.preflight(cfg)
-    assert str(err.value).startswith("logger.mode=online: no W&B login here; run `wandb login`")
-    app.preflight(compose_cfg(["logger=wandb", "logger.mode=offline"]))  # offline needs no login
-    monkeypatch.setenv("WANDB_API_KEY", "a" * 40)
-    app.preflight(cfg)  # a key: nothing to say
+PREFLIGHT = """
+import sys
+from hydra import compose, initialize_config_dir
+from adadf import app
+from adadf.config import register_schemas
+from adadf.errors import UserError
+register_schemas()
+with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
+    cfg = compose("config", overrides=sys.argv[2:])
+try:
+    app.preflight(cfg)
+except UserError as err:
+    print(err)
+"""
+
+
+def test_wandb_online_without_a_login_is_one_line_before_any_work(tmp_path: Path):
+    """In subprocesses: wandb.login keeps what it found for the rest of the process."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import CONF
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_API_KEY", "WANDB_BASE_URL")}
+    env |= {"HOME": str(tmp_path), "NETRC": str(tmp_path / ".netrc"), "WANDB_CONFIG_DIR": str(tmp_path / "wandb")}
+
+    def preflight(*overrides: str, **extra: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", PREFLIGHT, str(CONF), *overrides], env={**env, **extra},
+                              capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout.strip()
+
+    online = ("logger=wandb", "logger.mode=online")
+    assert preflight(*online).startswith("logger.mode=online: no W&B login here; run `wandb login`")
+    assert preflight("logger=wandb", "logger.mode=offline") == ""  # offline needs no login
+    assert preflight(*online, WANDB_API_KEY="a" * 40) == ""  # a key: nothing to say
 
 
 @pytest.mark.parametrize("config, override, line", [
