@@ -7,7 +7,7 @@ Two checkpoint formats are accepted:
   training config (``config``), so the dataset, backbone, class names and preprocessing it was
   trained with are known;
 - ``ada-df``: the original implementation's ``checkpoint.pth.tar`` / ``model_best.pth.tar``
-  (ADADF_SPEC section 6); it has no config, so the dataset must be named (``dataset=raf`` ...).
+  (docs/runs.md); it has no config, so the dataset must be named (``dataset=raf`` ...).
 
 A pretrained ResNet file (no classifier for our classes) is refused: it is not a trained model.
 """
@@ -159,7 +159,7 @@ def class_names(checkpoint: TrainedCheckpoint, dataset: Mapping[str, Any], num_c
 def image_transform(dataset: Mapping[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
     """The dataset's test-time transform for one RGB image: [3, S, S], or [K, 3, S, S] with crops.
 
-    Real datasets name a ``recipe`` (ADADF_SPEC section 5: standard = resize to SxS -> tensor ->
+    Real datasets name a ``recipe`` (docs/datasets.md, docs/recipes.md: standard = resize to SxS -> tensor ->
     normalise; tencrop = resize the shorter side -> TenCrop -> normalise). A dataset without one
     (the synthetic set: uint8 images of side S, normalised) gets the standard recipe, which is the
     same computation at size S and resizes images of any other size.

@@ -1,4 +1,4 @@
-"""Writers of tiny datasets in each real on-disk layout (ADADF_SPEC section 5), for tests and benchmarks.
+"""Writers of tiny datasets in each real on-disk layout (docs/datasets.md, docs/recipes.md), for tests and benchmarks.
 
 Every writer is deterministic in ``seed``, takes the dataset root to create and returns it, and draws
 class-dependent images (a per-class base colour plus noise) so a model can learn a little. Images

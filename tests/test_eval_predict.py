@@ -66,7 +66,7 @@ def test_images(test_split) -> torch.Tensor:
 
 
 def to_reference_file(run: Path, path: Path, num_classes: int | None = None) -> Path:
-    """The run's model in the original Ada-DF checkpoint format (ADADF_SPEC section 6), aliases included.
+    """The run's model in the original Ada-DF checkpoint format (docs/runs.md), aliases included.
     ``num_classes`` < C keeps only the first rows of both classifiers (an incompatible file)."""
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     model = AdaDF(len(CLASS_NAMES))

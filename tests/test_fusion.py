@@ -1,4 +1,4 @@
-"""adadf.fusion against plain-Python references written from ADADF_SPEC.md sections 2 and 3.
+"""adadf.fusion against plain-Python references written from docs/method.md.
 
 The references loop over rows and classes with math.exp / math.log on Python floats, so they
 share no vectorised code with the implementation. Everything runs on CPU in float64.

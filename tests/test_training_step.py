@@ -1,6 +1,6 @@
 """One full training step against the spec, in float64: forward, loss terms, gradients, Adam step.
 
-The reference here is written from ADADF_SPEC sections 1 and 3 with explicit per-row loops; the
+The reference here is written from docs/method.md with explicit per-row loops; the
 engine's step (`train_one_epoch` on a one-batch loader) must give the same numbers.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ class LDPass(str, Enum):
 
 @dataclass
 class FusionConfig:
-    """Ada-DF's hyper-parameters (ADADF_SPEC sections 2-3); defaults are the reference's (RAF-DB)."""
+    """Ada-DF's hyper-parameters (docs/method.md); defaults are the reference's (RAF-DB)."""
 
     threshold: float = ranged(0.7, *open01())  # t: initial LD diagonal and acceptance threshold
     beta: float = ranged(3.0, *at_least(1.0))  # epoch at which the KL/CE weight schedule switches

@@ -1,4 +1,4 @@
-"""The paper's augmentation recipes (ADADF_SPEC section 5) as data, and their PIL/torchvision form.
+"""The paper's augmentation recipes (docs/datasets.md, docs/recipes.md) as data, and their PIL/torchvision form.
 
 A :class:`Recipe` says what to do (sizes, RandAugment string, flip, erasing, normalisation); the
 ``reference`` pipeline turns it into per-image torchvision transforms built from timm's

@@ -1,4 +1,4 @@
-"""Ada-DF (``method=adadf``): the loss of ADADF_SPEC section 3 and the class distributions LD
+"""Ada-DF (``method=adadf``): the loss of docs/method.md and the class distributions LD
 that the auxiliary branch re-estimates after every epoch (section 2)."""
 from __future__ import annotations
 
