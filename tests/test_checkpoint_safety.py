@@ -28,7 +28,7 @@ from adadf.evaluate import evaluate_checkpoint
 from adadf.predict import predict_command
 from conftest import CONF, FAST, ROOT, cli_env
 from test_models import resnet_state
-from test_resume import TRAINING_STATE, assert_same, assert_same_training_state, straight, train_here  # noqa: F401
+from test_resume import TRAINING_STATE, completed_run, assert_same, assert_same_training_state, straight, train_here  # noqa: F401
 
 V2 = "adadf-checkpoint-2"
 
@@ -56,18 +56,14 @@ def malicious(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache_dir) -> Path:
     """One epoch with label noise and a validation split, so the history holds every metric."""
-    out = tmp_path_factory.mktemp("trained")
-    summary = train_here(out, cache_dir, "trainer.epochs=1", "dataset.label_noise=0.25", "dataset.val_fraction=0.25")
-    assert summary["status"] == "completed"
-    return out
+    return completed_run(tmp_path_factory, cache_dir, "trained", "trainer.epochs=1", "dataset.label_noise=0.25",
+                         "dataset.val_fraction=0.25")
 
 
 @pytest.fixture(scope="module")
 def epoch1(tmp_path_factory, cache_dir) -> Path:
     """The first epoch of ``straight`` (test_resume), as a run dir to resume."""
-    out = tmp_path_factory.mktemp("epoch1")
-    assert train_here(out, cache_dir, "trainer.epochs=1")["status"] == "completed"
-    return out
+    return completed_run(tmp_path_factory, cache_dir, "epoch1", "trainer.epochs=1")
 
 
 def run_command(args: list[str], cwd: Path, cache_dir: Path) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from adadf.methods.ce import CEMethod
 from adadf.config.schema import FusionConfig
 from test_metrics import auroc_loop
 from test_plots import assert_png
-from test_resume import train_here
+from test_resume import completed_run, train_here
 
 C = 3
 
@@ -65,10 +65,8 @@ def test_recorder_averages_crops_and_sums_ranks():
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory, cache_dir) -> Path:
     """Ada-DF with its clean class-distribution pass, 25% of the 24 training labels flipped."""
-    out = tmp_path_factory.mktemp("noisy")
-    summary = train_here(out, cache_dir, "dataset.label_noise=0.25", "fusion.ld_pass=clean", "trainer.epochs=1")
-    assert summary["status"] == "completed"
-    return out
+    return completed_run(tmp_path_factory, cache_dir, "noisy", "dataset.label_noise=0.25", "fusion.ld_pass=clean",
+                         "trainer.epochs=1")
 
 
 def test_attention_csv_and_flipped_list(noisy_run: Path):

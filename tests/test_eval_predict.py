@@ -23,7 +23,7 @@ from adadf.evaluate import evaluate_checkpoint
 from adadf.models import AdaDF
 from adadf.predict import list_inputs, predict_command
 from conftest import CONF, cli_env
-from test_resume import train_here
+from test_resume import completed_run
 
 # The tiny synthetic dataset of TINY, as dataset overrides for a command given `dataset=synthetic`.
 TINY_DATA = ["dataset=synthetic", "dataset.train_size=24", "dataset.test_size=7", "dataset.image_size=32",
@@ -43,10 +43,7 @@ def run_module(module: str, args: list[str], cwd: Path, cache_dir: Path) -> subp
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache_dir) -> Path:
     """A one-epoch run on the tiny synthetic set; returns its run dir."""
-    out = tmp_path_factory.mktemp("trained")
-    summary = train_here(out, cache_dir, "trainer.epochs=1")
-    assert summary["status"] == "completed"
-    return out
+    return completed_run(tmp_path_factory, cache_dir, "trained", "trainer.epochs=1")
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,14 @@ def train_here(run_dir: Path, cache_dir: Path, *overrides: str) -> dict:
     return train_with(run_dir, [*TINY, f"dataset.root={cache_dir}", *overrides])
 
 
+def completed_run(factory: pytest.TempPathFactory, cache_dir: Path, name: str, *overrides: str) -> Path:
+    """A fresh dir with a completed in-process run of ``overrides`` (for module-scoped fixtures)."""
+    out = factory.mktemp(name)
+    summary = train_here(out, cache_dir, *overrides)
+    assert summary["status"] == "completed"
+    return out
+
+
 def assert_same(a, b, path: str = "checkpoint") -> None:
     """Recursive bit-exact equality of checkpoint contents (tensors, arrays, lists, dicts, numbers)."""
     if isinstance(a, torch.Tensor):
