@@ -19,6 +19,7 @@ import contextlib
 import logging
 import shlex
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,8 +76,16 @@ def apply_keep_last(policy: bool | str, files: RunFiles) -> None:
 
 
 def disk_bytes(path: Path) -> int:
-    """Bytes of every file under ``path`` (links not followed)."""
-    return sum(p.lstat().st_size for p in Path(path).rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes of every file under ``path`` (links not followed; a file another thread removes
+    meanwhile, such as a W&B temp file, counts nothing)."""
+    total = 0
+    for entry in Path(path).rglob("*"):
+        try:
+            st = entry.lstat()
+        except FileNotFoundError:
+            continue
+        total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def out_of_memory(err: BaseException, cfg: DictConfig, device: torch.device) -> UserError | None:
