@@ -52,7 +52,8 @@ def objective(summary: dict[str, Any]) -> float | None:
 
 def _empty_summary(status: str, wall_time_s: float) -> dict[str, Any]:
     return {"best_acc": None, "best_epoch": None, "final_acc": None, "best_mean_class_acc": None,
-            "epochs_completed": 0, "status": status, "wall_time_s": wall_time_s}
+            "epochs_completed": 0, "status": status, "wall_time_s": wall_time_s,
+            "wall_time_this_run_s": wall_time_s}
 
 
 def _error_line(err: BaseException) -> str:

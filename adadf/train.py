@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,6 +158,7 @@ class TrainingRun:
     def __init__(self, cfg: DictConfig, world: distributed.World, device: torch.device, files: RunFiles,
                  resume_from: Path | None, checked: ResumePoint | None = None) -> None:
         """``checked``: the checkpoint at ``resume_from`` already read and checked (rank 0)."""
+        started = time.perf_counter()
         seed_everything(cfg.seed)
         parts = app.build(cfg, device)
         if parts.trainer.deterministic:
@@ -174,7 +176,7 @@ class TrainingRun:
             data=parts.data, ctx=parts.ctx, files=files, logger=self.logger, epochs=parts.trainer.epochs,
             seed=rank_seed, config=parts.config, is_main=world.is_main,
             reduce=distributed.all_reduce_sum if world.enabled else None,
-            callbacks=app.build_callbacks(parts, files, self.logger, world.is_main),
+            callbacks=app.build_callbacks(parts, files, self.logger, world.is_main), clocked=started,
         )
         run_id = None
         if resume_from is not None:
@@ -188,6 +190,7 @@ class TrainingRun:
             if world.rank:  # the checkpoint holds rank 0's RNG state; keep this rank's stream its own
                 seed_everything(rank_seed + self.trainer.progress.epoch)
             log.info("resuming from %s after epoch %d", resume_from, self.trainer.progress.epoch)
+        self.earlier_wall_time_s = self.trainer.progress.wall_time_s  # the invocations before this one
         log.info("run dir %s  device %s  %d train batches/epoch", files.run_dir, device,
                  len(parts.data.train_loader))
         self.logger.start(files.run_dir, parts.config, run_id=run_id)
@@ -208,7 +211,7 @@ class TrainingRun:
 
     def summary(self, status: str, wall_time_s: float) -> dict[str, Any]:
         progress = self.trainer.progress
-        summary = progress.summary(status, wall_time_s)
+        summary = progress.summary(status, wall_time_s, self.earlier_wall_time_s)
         summary["best_per_class_acc"] = dict(zip(self.parts.data.class_names, progress.best_per_class_acc))
         return summary
 

@@ -141,10 +141,20 @@ def test_resume_equals_straight_run(straight: Path, tmp_path: Path, cache_dir: P
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [1, 2]  # epoch 1 not redone
     for key in ("best_acc", "best_epoch", "final_acc", "best_mean_class_acc"):
         assert resumed[key] == json.loads((straight / "summary.json").read_text())[key], key
+    # wall_time_s: the run's, both invocations (the first up to its checkpoint); this one's apart
+    earlier = load_checkpoint(epoch1)["progress"]["wall_time_s"]
+    assert 0 < earlier <= first["wall_time_s"] == first["wall_time_this_run_s"]
+    assert resumed["wall_time_s"] == pytest.approx(earlier + resumed["wall_time_this_run_s"])
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["progress"]["wall_time_s"] > earlier
 
-    # trainer.resume=PATH: a new run dir continues from a checkpoint file.
+    # trainer.resume=PATH: a new run dir continues from a checkpoint file, here one written before
+    # progress kept the wall time (no wall_time_s: counted from 0).
+    old = load_checkpoint(epoch1)
+    del old["progress"]["wall_time_s"]
+    save_atomic(old, epoch1)
     elsewhere = tmp_path / "from-path"
-    train_here(elsewhere, cache_dir, "trainer.epochs=2", f"trainer.resume={epoch1}")
+    from_old = train_here(elsewhere, cache_dir, "trainer.epochs=2", f"trainer.resume={epoch1}")
+    assert from_old["wall_time_s"] == from_old["wall_time_this_run_s"]
     assert_same_training_state(straight / "checkpoints" / "last.pt", elsewhere / "checkpoints" / "last.pt")
     pd.testing.assert_frame_equal(metrics_without_timing(straight), metrics_without_timing(elsewhere))
 

@@ -40,8 +40,10 @@ class Progress:
     best_per_class_acc: list[float] = field(default_factory=list)  # at the best test epoch
     best_confusion: list[list[int]] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0  # every invocation's, up to the last checkpoint (older checkpoints: none, 0)
 
-    def summary(self, status: str, wall_time_s: float) -> dict[str, Any]:
+    def summary(self, status: str, wall_time_s: float, earlier_wall_time_s: float = 0.0) -> dict[str, Any]:
+        """``wall_time_s``: this invocation's; ``earlier_wall_time_s``: the resumed checkpoint's."""
         last = self.history[-1] if self.history else {}
         summary = {
             "best_acc": self.best_acc if self.history else None,  # reference metric: best test epoch
@@ -51,7 +53,8 @@ class Progress:
             "final_mean_class_acc": last.get("test_mean_class_acc"),
             "epochs_completed": self.epoch,
             "status": status,
-            "wall_time_s": wall_time_s,
+            "wall_time_s": earlier_wall_time_s + wall_time_s,  # the run's, resumed invocations included
+            "wall_time_this_run_s": wall_time_s,
         }
         for key in ("noise_auroc", "noise_auroc_aux_loss"):  # label noise: the detectors, last epoch
             if key in last:
@@ -105,6 +108,7 @@ class Trainer:
     # Reports that subscribe to the loop's events (per-sample scores, pictures; adadf.tracking),
     # called in this order; built by the composition root.
     callbacks: list[Callback] = field(default_factory=list)
+    clocked: float = field(default_factory=time.perf_counter)  # when progress.wall_time_s was last updated
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -235,6 +239,8 @@ class Trainer:
         p.best_mean_class_acc = max(p.best_mean_class_acc, test.mean_class_acc)
         p.epoch = epoch
         p.history.append(row)
+        now = time.perf_counter()
+        p.wall_time_s, self.clocked = p.wall_time_s + now - self.clocked, now
         self._save(improved, saved)
         if self.is_main:
             self.files.write_metrics(p.history)
