@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from adadf import inference
+from adadf.engine.checkpoint import load_checkpoint
 from adadf.tracking.samples import SampleRecorder
 from adadf.methods.adadf import AdaDFMethod
 from adadf.methods.ce import CEMethod
@@ -71,11 +72,12 @@ def noisy_run(tmp_path_factory, cache_dir) -> Path:
 
 def test_attention_csv_and_flipped_list(noisy_run: Path):
     scores = pd.read_csv(noisy_run / "train_attention.csv")
-    assert list(scores.columns) == ["index", "path", "label", "attention", "aux_loss", "prediction",
-                                    "flipped", "clean_label"]
+    assert list(scores.columns) == ["index", "path", "label", "label_name", "attention", "aux_loss", "prediction",
+                                    "prediction_name", "flipped", "clean_label", "clean_label_name"]
     assert len(scores) == 24 and scores["attention"].notna().all()  # the clean pass sees every image once
     flipped = pd.read_csv(noisy_run / "flipped_labels.csv")
-    assert list(flipped.columns) == ["index", "path", "clean", "noisy"] and len(flipped) == 6  # round(0.25 * 24)
+    assert list(flipped.columns) == ["index", "path", "clean", "clean_name", "noisy", "noisy_name"]
+    assert len(flipped) == 6  # round(0.25 * 24)
     assert scores.loc[scores["flipped"], "index"].tolist() == flipped["index"].tolist()
     assert (flipped["clean"] != flipped["noisy"]).all()
     assert scores.loc[scores["flipped"], "clean_label"].tolist() == flipped["clean"].tolist()
@@ -126,3 +128,57 @@ def test_plots_every_writes_every_nth_epoch_and_the_last(tmp_path: Path, cache_d
     assert names == ["attention_e002.png", "attention_e003.png", "class_dist_e002.png", "class_dist_e003.png"]
     assert len(pd.read_csv(tmp_path / "train_attention.csv")) == 24
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3]  # every epoch's row all the same
+
+
+def fixed_row(i: int, threshold: float, mass: float, sharpen_T: float | None = None) -> list[float]:
+    """The fallback row of docs/method.md, written out: t on the diagonal, mass / (C - 1) elsewhere."""
+    row = [threshold if j == i else mass / (C - 1) for j in range(C)]
+    if sharpen_T is not None:
+        row = [v ** (1 / sharpen_T) for v in row]
+        row = [v / sum(row) for v in row]
+    return row
+
+
+@pytest.mark.parametrize("sharpen", [False, True])
+def test_fallback_classes_are_the_rows_on_the_fixed_distribution(sharpen: bool):
+    method = AdaDFMethod(FusionConfig(sharpen=sharpen, T=1.5), C)
+    p = method.params
+    T = p.T if sharpen else None
+    learnt = [0.8, 0.15, 0.05]  # a mean confidence above the threshold: kept
+    method.load_state_dict({"class_dist": torch.tensor(
+        [learnt, fixed_row(1, p.threshold, p.fallback_mass, T), fixed_row(2, p.threshold, p.fallback_mass, T)])})
+    assert method.fallback_classes().tolist() == [False, True, True]
+    static = AdaDFMethod(FusionConfig(update_class_dist=False), C)
+    assert static.fallback_classes() is None  # a static LD is fixed by design, not fallen back
+
+
+def test_class_dist_fallbacks_per_epoch(noisy_run: Path):
+    metrics = pd.read_csv(noisy_run / "metrics.csv")
+    ld = load_checkpoint(noisy_run / "checkpoints" / "last.pt")["method"]["class_dist"].double()
+    classes = ld.shape[0]
+    fixed = torch.full_like(ld, 0.4 / (classes - 1)).fill_diagonal_(0.7)  # threshold, fallback_mass: defaults
+    assert metrics["class_dist_fallbacks"].tolist() == [int(torch.isclose(ld, fixed).all(1).sum())]
+
+
+def test_ce_names_classes_keeps_every_epoch_and_draws_no_attention(tmp_path: Path, cache_dir: Path):
+    """method=ce under label noise, two epochs: class names next to the indices, each epoch's scores
+    kept (scores/), and no histogram of its frozen attention head."""
+    summary = train_here(tmp_path, cache_dir, "method=ce", "dataset.label_noise=0.25", "trainer.epochs=2")
+    assert summary["status"] == "completed"
+    names = list(summary["best_per_class_acc"])  # the dataset's class names, in label order
+    epochs = [pd.read_csv(tmp_path / "scores" / f"train_attention_e00{e}.csv") for e in (1, 2)]
+    latest = (tmp_path / "train_attention.csv").read_text()
+    assert latest == (tmp_path / "scores" / "train_attention_e002.csv").read_text()
+    assert not epochs[0]["aux_loss"].equals(epochs[1]["aux_loss"])  # two epochs, two sets of scores
+    for frame in epochs:
+        assert frame["label_name"].tolist() == [names[i] for i in frame["label"]]
+        assert frame["clean_label_name"].tolist() == [names[i] for i in frame["clean_label"]]
+        seen = frame["prediction"] >= 0
+        assert frame.loc[seen, "prediction_name"].tolist() == [names[i] for i in frame.loc[seen, "prediction"]]
+    flipped = pd.read_csv(tmp_path / "flipped_labels.csv")
+    assert flipped["clean_name"].tolist() == [names[i] for i in flipped["clean"]]
+    assert flipped["noisy_name"].tolist() == [names[i] for i in flipped["noisy"]]
+    suspects = pd.read_csv(tmp_path / "suspects.csv")
+    assert suspects["label_name"].tolist() == [names[i] for i in suspects["label"]]
+    assert not list((tmp_path / "plots").glob("attention_e*.png"))  # CE does not train the attention
+    assert "class_dist_fallbacks" not in pd.read_csv(tmp_path / "metrics.csv")  # CE has no class distributions

@@ -85,14 +85,25 @@ class AdaDFMethod(Method):
         sums, counts = self._prob_sums, self._counts
         if reduce is not None:
             sums, counts = reduce(sums), reduce(counts)
-        p = self.params
-        self.class_dist = fusion.class_distributions_from_sums(
-            sums, counts, p.threshold, fallback_mass=p.fallback_mass, sharpen_T=p.T if p.sharpen else None,
-        ).to(self.class_dist.device, torch.float32)
+        self.class_dist = self._from_sums(sums, counts).to(self.class_dist.device, torch.float32)
         self._reset_statistics()
+
+    def _from_sums(self, sums: Tensor, counts: Tensor) -> Tensor:
+        p = self.params
+        return fusion.class_distributions_from_sums(
+            sums, counts, p.threshold, fallback_mass=p.fallback_mass, sharpen_T=p.T if p.sharpen else None)
 
     def class_distributions(self) -> Tensor:
         return self.class_dist
+
+    def fallback_classes(self) -> Tensor | None:
+        """[C] bool: the classes whose LD row is the fixed fallback row (no sample, or a mean
+        confidence below the threshold, at the last update); None for a static LD."""
+        if not self.params.update_class_dist:
+            return None
+        empty = torch.zeros(self.num_classes, dtype=torch.int64, device=self.class_dist.device)
+        fixed = self._from_sums(torch.zeros_like(self.class_dist), empty)  # every row falls back
+        return torch.isclose(self.class_dist, fixed, rtol=1e-6, atol=0.0).all(dim=1)
 
     def config_updates(self) -> dict:
         return {"fusion": {**self.fixed, "detach_target": self.params.detach_target}}

@@ -34,6 +34,7 @@ class Method:
     # Prefixes of the model's parameters the method trains (None: every trainable one). The rest is
     # frozen before the optimizer and DDP are built, so neither waits for gradients that never come.
     trained_modules: tuple[str, ...] | None = None
+    trains_attention: bool = True  # False: the attention heads stay as initialised (no histogram)
 
     def __init__(self, num_classes: int, pretrained: bool = False) -> None:
         self.num_classes = num_classes

@@ -25,6 +25,7 @@ class CEMethod(Method):
     scaled_logits = False
     label_branch = 1  # the target branch is the one trained on the labels
     trained_modules = ("target_branch.",)  # the auxiliary branch and the attention heads stay frozen
+    trains_attention = False
 
     def __init__(self, num_classes: int, pretrained: bool = False, label_smoothing: float = 0.0,
                  params: FusionConfig | None = None) -> None:

@@ -12,8 +12,11 @@ callback (``adadf.tracking.callbacks``): ``Trainer.fit`` knows nothing of it.
 - Each epoch, on the training thread: ``noise_auroc`` (low attention finds the flipped labels,
   AUROC %) and ``noise_auroc_aux_loss`` (high loss finds them) for metrics.csv and W&B (label
   noise only). Every ``trainer.plots_every`` epochs and after the last, on the writer's thread
-  (rank 0): ``train_attention.csv`` (index, path, label, attention, aux_loss, prediction; with
-  label noise also flipped, clean_label) and the attention histogram.
+  (rank 0): ``scores/train_attention_eNNN.csv`` and its copy ``train_attention.csv``, the latest
+  (index, path, label, label_name, attention, aux_loss, prediction, prediction_name; with label
+  noise also flipped, clean_label, clean_label_name), and the attention histogram (a density over
+  [0, 1], the epoch's noise AUROC in its title; none for a method that does not train the
+  attention: ``Method.trains_attention``).
 - After the last epoch: the images most likely mislabelled or ambiguous (ranked by
   ``trainer.suspects_by``) as a PNG grid and a W&B table.
 
@@ -44,6 +47,7 @@ from adadf.tracking.writer import BackgroundWriter
 log = logging.getLogger(__name__)
 
 ATTENTION_CSV = "train_attention.csv"
+SCORES_DIR = "scores"  # every written epoch's train_attention.csv, as train_attention_eNNN.csv
 FLIPPED_CSV = "flipped_labels.csv"
 SUSPECTS_CSV = "suspects.csv"
 PLOTS_DIR = "plots"
@@ -118,6 +122,11 @@ class SampleRecorder:
         return scores
 
 
+def class_name_column(names: Sequence[str], labels: Sequence[int]) -> list[str]:
+    """The class name of each 0-based label; empty where there is none (-1: not seen)."""
+    return [names[label] if label >= 0 else "" for label in labels]
+
+
 def sequential_order(loader: Any) -> Callable[[], list[int]]:
     """The sample order of a non-shuffling loader (the clean pass; a rank's shard under DDP)."""
     return lambda: list(iter(loader.sampler))
@@ -165,6 +174,9 @@ class SampleDetector(Callback):
         flipped = self.data.flipped()
         path = self.run_dir / FLIPPED_CSV
         frame = pd.DataFrame(flipped, columns=["index", "path", "clean", "noisy"])
+        names = self.data.class_names
+        frame.insert(3, "clean_name", class_name_column(names, frame["clean"]))
+        frame["noisy_name"] = class_name_column(names, frame["noisy"])
         write_text_atomic(path, frame.to_csv(index=False))
         self.logger.log_file(path, "flipped-labels", "dataset")
         log.info("label noise: %d of %d training labels flipped (%s)", len(flipped), len(self.flipped), path)
@@ -172,13 +184,17 @@ class SampleDetector(Callback):
     def table(self, scores: SampleScores):
         import pandas as pd
 
-        data = self.data
+        data, names = self.data, self.data.class_names
         frame = pd.DataFrame({"index": np.arange(len(data.train_labels)), "path": data.train_paths,
-                              "label": data.train_labels, "attention": scores.attention,
-                              "aux_loss": scores.aux_loss, "prediction": scores.prediction})
+                              "label": data.train_labels,
+                              "label_name": class_name_column(names, data.train_labels),
+                              "attention": scores.attention, "aux_loss": scores.aux_loss,
+                              "prediction": scores.prediction,
+                              "prediction_name": class_name_column(names, scores.prediction)})
         if self.flipped is not None:
             frame["flipped"] = self.flipped
             frame["clean_label"] = data.clean_train_labels
+            frame["clean_label_name"] = class_name_column(names, data.clean_train_labels)
         return frame
 
     def end_epoch(self, epoch: int, reduce: Reducer | None = None) -> dict[str, Any]:
@@ -188,14 +204,20 @@ class SampleDetector(Callback):
         metrics = noise_aurocs(scores, self.flipped) if self.flipped is not None else {}
         if self.is_main and pictures_due(epoch, self.plots_every, self.epochs):
             self.writer.submit(f"{ATTENTION_CSV} and the attention histogram of epoch {epoch}",
-                               self._write_epoch, scores, epoch)
+                               self._write_epoch, scores, epoch, metrics.get("noise_auroc"))
         return metrics
 
-    def _write_epoch(self, scores: SampleScores, epoch: int) -> None:
-        write_text_atomic(self.run_dir / ATTENTION_CSV, self.table(scores).to_csv(index=False))
+    def _write_epoch(self, scores: SampleScores, epoch: int, auroc: float | None = None) -> None:
+        text = self.table(scores).to_csv(index=False)
+        write_text_atomic(self.run_dir / SCORES_DIR / f"train_attention_e{epoch:03d}.csv", text)  # the history
+        write_text_atomic(self.run_dir / ATTENTION_CSV, text)  # the latest
+        if not self.method.trains_attention:  # method=ce: a frozen, untrained head says nothing
+            return
+        title = f"attention, epoch {epoch}"
+        if auroc is not None and auroc == auroc:  # label noise (NaN: no flipped label among those scored)
+            title += f" (noise AUROC {auroc:.1f}%)"
         path = plots.attention_histogram(scores.attention, self.flipped,
-                                         self.run_dir / PLOTS_DIR / f"attention_e{epoch:03d}.png",
-                                         title=f"attention, epoch {epoch}")
+                                         self.run_dir / PLOTS_DIR / f"attention_e{epoch:03d}.png", title=title)
         self.logger.log_image("attention_histogram", path, epoch)
 
     def end_run(self, completed: bool) -> None:
@@ -210,13 +232,11 @@ class SampleDetector(Callback):
         top = frame.dropna(subset=["suspicion"]).sort_values("suspicion", ascending=False, kind="stable")
         top = top.head(self.suspects)
         write_text_atomic(self.run_dir / SUSPECTS_CSV, top.to_csv(index=False))
-        names = self.data.class_names
         images = [display_image(self.data, int(i)) for i in top["index"]]
-        captions = [f"#{i} label {names[lab]}\npred {names[p] if p >= 0 else '?'}"
-                    + (f" (clean {names[c]})" if self.flipped is not None and f else "")
-                    for i, lab, p, f, c in zip(top["index"], top["label"], top["prediction"],
-                                               top.get("flipped", [False] * len(top)),
-                                               top.get("clean_label", top["label"]))]
+        captions = [f"#{i} label {label}\npred {prediction or '?'}" + (f" (clean {clean})" if flipped else "")
+                    for i, label, prediction, flipped, clean in zip(
+                        top["index"], top["label_name"], top["prediction_name"],
+                        top.get("flipped", [False] * len(top)), top.get("clean_label_name", top["label_name"]))]
         path = plots.image_grid(images, captions, self.run_dir / PLOTS_DIR / "suspects.png",
                                 title=f"most likely mislabelled or ambiguous (by {self.suspects_by})")
         self.logger.log_image("suspects_grid", path)  # "suspects" is the table

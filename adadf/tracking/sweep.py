@@ -4,8 +4,9 @@
   ``sweep_summary.csv`` (one row per job) and ``sweep_summary_by_setting.csv`` (jobs that differ
   only by seed, as mean and std) into the sweep dir, prints the table, and exits non-zero if any
   job failed.
-- It also draws ``sweep_accuracy.png`` (accuracy per setting, ± std) and ``sweep_curves.png``
-  (mean ± std test accuracy per epoch per setting).
+- It also draws ``sweep_accuracy.png`` (accuracy per setting, ± std where it has several jobs, a
+  dot per job, chance = 100 / classes) and ``sweep_curves.png`` (mean ± std test accuracy per
+  epoch per setting; a point with an error bar for a single epoch).
 - ``python -m adadf.tracking.sweep <sweep dir>`` rebuilds both files and the table for any sweep dir
   (for example while it runs, or after a SLURM sweep was cancelled).
 """
@@ -254,18 +255,37 @@ def learning_curves(sweep_dir: Path, jobs, column: str = "test_acc") -> dict[str
     return curves
 
 
+def num_classes(sweep_dir: Path, job_names: Sequence[str]) -> int | None:
+    """The number of classes the jobs were trained on (their summaries' ``best_per_class_acc``),
+    or None when unknown or not the same for all."""
+    counts = set()
+    for name in job_names:
+        per_class = (RunFiles(sweep_dir / str(name)).read_summary() or {}).get("best_per_class_acc")
+        if isinstance(per_class, dict) and per_class:
+            counts.add(len(per_class))
+    return counts.pop() if len(counts) == 1 else None
+
+
 def write_plots(sweep_dir: Path, jobs, settings) -> list[Path]:
-    """``sweep_accuracy.png`` (best test accuracy per setting, mean ± std) and ``sweep_curves.png``
-    (test accuracy per epoch, mean ± std band per setting) into the sweep dir."""
+    """``sweep_accuracy.png`` (best test accuracy per setting: mean ± std, a dot per job, the chance
+    level) and ``sweep_curves.png`` (test accuracy per epoch, mean ± std band per setting) into the
+    sweep dir."""
+    import pandas as pd
+
     from adadf.tracking import plots
 
     written = []
     done = settings[settings["completed"] > 0]
     if "best_acc_mean" in done and len(done):
+        completed = jobs[jobs["status"] == "completed"]
+        per_job = [pd.to_numeric(completed.loc[completed["setting"] == s, "best_acc"], errors="coerce").dropna()
+                   .tolist() for s in done["setting"]]
+        classes = num_classes(sweep_dir, completed["job"])
         written.append(plots.accuracy_bars(
             [_short_numbers(s) for s in done["setting"]], done["best_acc_mean"].tolist(),
-            done["best_acc_std"].tolist(), sweep_dir / ACCURACY_PNG,
-            title="best test accuracy per setting (mean ± std over seeds)"))
+            done["best_acc_std"].tolist(), sweep_dir / ACCURACY_PNG, values=per_job,
+            chance=100.0 / classes if classes else None,
+            title="best test accuracy per setting (mean ± std over seeds, a dot per job)"))
     curves = learning_curves(sweep_dir, jobs)
     if curves:
         written.append(plots.learning_curves(curves, sweep_dir / CURVES_PNG,
