@@ -247,6 +247,17 @@ def build_method(cfg: DictConfig, num_classes: int) -> Method:
     return method
 
 
+def param_groups(model: nn.Module, method: Method, lr: float) -> list[nn.Parameter] | list[dict[str, Any]]:
+    """The trainable parameters as the method groups them (``Method.param_groups``; a group's
+    ``lr_scale`` becomes its ``lr``), or all of them as one group."""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = method.param_groups(trainable)
+    if groups is None:
+        return [p for _, p in trainable]
+    return [{**{k: v for k, v in g.items() if k != "lr_scale"}, "lr": lr * g.get("lr_scale", 1.0)}
+            if "lr_scale" in g else g for g in groups]
+
+
 def build_logger(cfg: DictConfig, is_main: bool = True, **defaults: Any) -> Logger:
     """The logger group, with the run's name and a multirun's W&B group and tags filled in.
 
@@ -288,16 +299,19 @@ def build(cfg: DictConfig, device: torch.device | None = None) -> Parts:
     precision = resolve_precision(trainer, device)
     data = build_data(cfg.dataset, cfg.seed, device)
     data = data.with_eval_batch_size(eval_batch_size(trainer, data.train_loader.batch_size))
-    model = build_model(cfg, data.num_classes, typed["fusion"].drop_rate).to(device)
+    method = build_method(cfg, data.num_classes)
+    model = method.build_network(typed["backbone"], data.num_classes, int(cfg.dataset.image_size))
+    if model is None:  # the backbone group's Ada-DF network
+        model = build_model(cfg, data.num_classes, typed["fusion"].drop_rate)
+        model.scale_logits = method.scaled_logits  # the method's head: attention-scaled or plain logits
+    model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    method = build_method(cfg, data.num_classes)
-    model.scale_logits = method.scaled_logits  # the method's head: attention-scaled or plain logits
     method.freeze_untrained(model)  # parts the method never trains stay out of the optimizer and DDP
     method.start_from(getattr(model, "imported_state", {}))
+    method.begin_training(data.train_labels, trainer.epochs)
     kernels = optimizer_kernels(cfg.optimizer, device)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate_node(cfg.optimizer, "optimizer", **kernels)(trainable)
+    optimizer = instantiate_node(cfg.optimizer, "optimizer", **kernels)(param_groups(model, method, cfg.optimizer.lr))
     scheduler = instantiate_node(cfg.scheduler, "scheduler")(optimizer)
     if trainer.compile:
         model = torch.compile(model, mode=trainer.compile_mode)

@@ -21,12 +21,17 @@ from typing import Any
 
 import torch
 from hydra.utils import get_class
+from torch import nn
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
+from adadf.config import instantiate_node
+from adadf.config.schema import GROUP_SCHEMAS, BackboneConfig
 from adadf.errors import UserError
+from adadf.methods.base import Method
 from adadf.models import AdaDF, load_state_file
 from adadf.models.checkpoints import is_adadf_checkpoint, is_reference_state, load_weights
+from adadf.models.single import load_network_state
 
 # Keys of the ``dataset`` node in eval.yaml / predict.yaml that may override the checkpoint's dataset
 # without naming a dataset group (``???`` there means "keep the checkpoint's value").
@@ -76,7 +81,7 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> TrainedChec
         names = obj.get("class_names")
         return TrainedCheckpoint(
             path=path, format="adadf", epoch=obj.get("epoch"),
-            num_classes=_fc_rows(obj["model"], "target_branch.fc.weight"),
+            num_classes=_fc_rows(obj["model"], "target_branch.fc.weight", "head.fc.weight"),
             class_names=[str(n) for n in names] if isinstance(names, (list, tuple)) else None,
             config=dict(config) if config is not None else None, contents=obj,
         )
@@ -92,29 +97,56 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> TrainedChec
 
 
 def load_model(checkpoint: TrainedCheckpoint, num_classes: int, backbone: str | None = None,
-               device: torch.device | str = "cpu") -> AdaDF:
-    """The checkpoint's network in eval mode on ``device``.
+               device: torch.device | str = "cpu") -> nn.Module:
+    """The checkpoint's network in eval mode on ``device``, as the method it was trained with builds
+    it (``Method.build_network``; the Ada-DF network for Ada-DF, its ablations, CE and original files).
 
     ``backbone`` defaults to the one it was trained with (resnet18 for original Ada-DF files). A
     class-count or architecture mismatch is a one-line UserError naming the file.
     """
-    model = AdaDF(num_classes, backbone=backbone or checkpoint.backbone or "resnet18")
+    name = backbone or checkpoint.backbone or "resnet18"
+    method = checkpoint_method(checkpoint, num_classes)
+    image_size = int((checkpoint.dataset_config or {}).get("image_size") or 224)
+    network = method.build_network(BackboneConfig(name=name), num_classes, image_size) if method else None
+    if network is not None:
+        load_network_state(network, checkpoint.contents["model"], checkpoint.path)
+        return network.to(device).eval()
+    model = AdaDF(num_classes, backbone=name)
     load_weights(model, checkpoint.contents, checkpoint.path)  # the file is not read a second time
     model.scale_logits = scaled_logits(checkpoint)
     return model.to(device).eval()
 
 
-def scaled_logits(checkpoint: TrainedCheckpoint) -> bool:
-    """Whether the method the checkpoint was trained with scales logits by the attention (Ada-DF
-    and original checkpoints: yes; ``method=ce``: no, a plain head), read from its method class."""
+def _method_class(checkpoint: TrainedCheckpoint) -> type[Method] | None:
+    """The class of the method the checkpoint was trained with (None: not recorded, i.e. Ada-DF)."""
     method = (checkpoint.config or {}).get("method")
     target = method.get("_target_") if isinstance(method, Mapping) else None
     if not target:
-        return True
+        return None
     try:
-        return bool(getattr(get_class(str(target)), "scaled_logits", True))
+        return get_class(str(target))
     except (ImportError, ValueError):
         raise UserError(f"{checkpoint.path}: trained with method {target}, which cannot be imported here") from None
+
+
+def checkpoint_method(checkpoint: TrainedCheckpoint, num_classes: int) -> Method | None:
+    """The checkpoint's method, rebuilt from its recorded config, when it builds its own network
+    (``Method.build_network`` overridden); None for the Ada-DF network's methods."""
+    cls = _method_class(checkpoint)
+    if cls is None or getattr(cls, "build_network", None) is Method.build_network:
+        return None
+    recorded = dict(checkpoint.config["method"])
+    schema = next((s for s in GROUP_SCHEMAS["method"].values() if s._target_ == recorded["_target_"]), None)
+    node = OmegaConf.create(recorded) if schema is None else OmegaConf.merge(
+        OmegaConf.structured(schema), {k: v for k, v in recorded.items() if k in schema.__dataclass_fields__})
+    return instantiate_node(node, "method", num_classes=num_classes, pretrained=False)
+
+
+def scaled_logits(checkpoint: TrainedCheckpoint) -> bool:
+    """Whether the method the checkpoint was trained with scales logits by the attention (Ada-DF
+    and original checkpoints: yes; ``method=ce``: no, a plain head), read from its method class."""
+    cls = _method_class(checkpoint)
+    return True if cls is None else bool(getattr(cls, "scaled_logits", True))
 
 
 def dataset_config(checkpoint: TrainedCheckpoint, node: DictConfig | None, command: str) -> dict[str, Any]:

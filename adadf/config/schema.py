@@ -162,6 +162,49 @@ class CEMethodConfig(MethodConfig):
 
 
 @dataclass
+class ComparisonMethodConfig(MethodConfig):
+    """A comparison method on the single-branch network (docs/methods.md): the Ada-DF switches
+    (``fusion.*``) do not apply and are refused when set."""
+
+    params: Any = "${fusion}"  # read only to refuse Ada-DF switches the method has no part for
+    drop_rate: float = ranged(0.0, *half_open01())  # dropout on the classifier's input features
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, FusionConfig):
+            refuse_switches(self.params, self._target_.rpartition(".")[2].removesuffix("Method").lower())
+
+
+@dataclass
+class SCNMethodConfig(ComparisonMethodConfig):
+    """SCN (Wang et al., CVPR 2020), with its original code's values for RAF-DB at batch 64."""
+
+    _target_: str = "adadf.methods.scn.SCNMethod"
+    beta: float = ranged(0.7, *open01())  # fraction of the batch in the high-importance group
+    margin_1: float = ranged(0.07, *at_least(0.0))  # rank regularisation margin (the README's, batch 64)
+    margin_2: float = ranged(0.2, *at_least(0.0))  # relabelling margin: P_max - P_label > margin_2
+    relabel_epoch: int = ranged(10, *at_least(1))  # relabel from this (1-based) epoch on
+    relabel_low_only: bool = False  # true: relabel only the low-importance group (the paper); the code: all
+
+
+@dataclass
+class RULMethodConfig(ComparisonMethodConfig):
+    """RUL (Zhang et al., NeurIPS 2021), with its original code's values."""
+
+    _target_: str = "adadf.methods.rul.RULMethod"
+    feature_dim: int = ranged(64, *at_least(1))  # the mu / log-variance heads' output
+    head_dropout: float = ranged(0.4, *half_open01())  # in both heads, before their Linear
+    fc_lr_scale: float = ranged(10.0, *positive())  # the classifier's lr / the rest's (2e-3 / 2e-4)
+
+
+@dataclass
+class EACMethodConfig(ComparisonMethodConfig):
+    """EAC (Zhang et al., ECCV 2022), with its original code's values."""
+
+    _target_: str = "adadf.methods.eac.EACMethod"
+    lam: float = ranged(5.0, *at_least(0.0))  # weight of the attention-map consistency loss
+
+
+@dataclass
 class OptimizerConfig:
     _target_: str = "torch.optim.Adam"
     _partial_: bool = True
@@ -238,7 +281,8 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "fusion": {"default": FusionConfig},
     "trainer": {"default": TrainerConfig},
     "backbone": {"resnet": BackboneConfig},
-    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig, "ce": CEMethodConfig},
+    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig, "ce": CEMethodConfig, "scn": SCNMethodConfig,
+               "rul": RULMethodConfig, "eac": EACMethodConfig},
     "optimizer": {"adam": OptimizerConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
     "scheduler": {"exponential": ExponentialConfig, "cosine": CosineConfig, "none": ConstantConfig},
     "logger": {"wandb": WandbLoggerConfig, "none": NullLoggerConfig},

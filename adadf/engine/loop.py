@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterable
+from typing import Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from tqdm import tqdm
 from adadf.data.bundle import BatchTransform
 from adadf.engine.interrupt import StopFlag
 from adadf.errors import UserError
-from adadf.methods.base import Method, Reducer
+from adadf.methods.base import Batch, Method, Reducer
 from adadf.tracking.callbacks import BatchHook
 
 
@@ -97,10 +97,13 @@ def train_one_epoch(
     observe: bool = False,
     reduce: Reducer | None = None,
     on_batch: BatchHook | None = None,
+    order: Callable[[], Sequence[int]] | None = None,
 ) -> dict[str, float]:
-    """One pass of training (spec section 3): one backward and one step per batch.
+    """One pass of training (spec section 3): ``method.step`` per batch, then one backward and one
+    optimizer step. ``order()`` (asked once the sampler has drawn: ``DataBundle.train_order``) gives
+    the dataset index of each delivered image, so every batch carries its indices (``Batch.index``).
 
-    Every tensor term of ``method.loss`` is averaged over the epoch's rows (``train_<term>``);
+    Every tensor term of the step over the epoch's rows (``train_<term>``);
     float terms are reported as they stand after the last batch. ``observe`` also shows each
     batch to the method (its online statistics). ``reduce`` (DDP) sums the terms and counts over
     ranks, so the metrics describe the whole global epoch; images/s is then all ranks' images over
@@ -113,13 +116,20 @@ def train_one_epoch(
     # The last FINITE_CHECK_EVERY losses, kept on the device and read in one go (no sync per step);
     # a bad batch's update is made, but the epoch stops at the next read, before anything is saved.
     window = torch.zeros(FINITE_CHECK_EVERY, dtype=torch.float64, device=ctx.device)
+    indices: torch.Tensor | None = None  # [images of the pass] on the device, from order()
+
+    def forward(images: torch.Tensor, **kwargs) -> object:
+        with ctx.autocast():
+            return model(images, **kwargs)
+
     start = time.perf_counter()
     for step, (images, labels) in enumerate(_batches(loader, ctx, f"train {epoch}"), start=1):
-        x, y, num_images, _ = prepare_batch(images, labels, ctx, batch_transform)
-        with ctx.autocast():
-            outputs = model(x)  # (aux logits [N, C], target logits [N, C], attention [N])
+        x, y, num_images, num_crops = prepare_batch(images, labels, ctx, batch_transform)
+        if order is not None and indices is None:
+            indices = torch.as_tensor(list(order()), dtype=torch.long).to(ctx.device)
+        index = indices[images_seen:images_seen + num_images] if indices is not None else None
         # Losses upcast autocast's bf16/fp16 outputs to fp32 themselves; float64 stays float64.
-        terms = method.loss(outputs, y, epoch, num_images)
+        terms, outputs = method.step(forward, Batch(x, y, index, num_images, num_crops), epoch)
         loss = terms["loss"]
         window[(step - 1) % FINITE_CHECK_EVERY] = loss.detach()  # checked below, every FINITE_CHECK_EVERY steps
         optimizer.zero_grad(set_to_none=True)
@@ -131,7 +141,7 @@ def train_one_epoch(
         if on_batch is not None:  # the callbacks' (per-sample scores: adadf.tracking.samples), this very pass
             on_batch(outputs, y, num_images)
         with torch.no_grad():
-            totals = {"correct": (outputs[1].argmax(1) == y).sum().double()}  # target-branch accuracy
+            totals = {"correct": (outputs.logits.argmax(1) == y).sum().double()}  # the evaluated logits' accuracy
             for key, value in terms.items():
                 if isinstance(value, torch.Tensor):
                     totals[key] = value.detach().to(device=ctx.device, dtype=torch.float64) * y.numel()

@@ -192,7 +192,7 @@ class Trainer:
         row = train_one_epoch(
             self.model, self.data.train_loader, self.optimizer, self.method, epoch, self.ctx,
             batch_transform=self.data.train_batch_transform, observe=self.method.observes == LDPass.online,
-            reduce=self.reduce, on_batch=callbacks.begin_pass(TRAIN_PASS),
+            reduce=self.reduce, on_batch=callbacks.begin_pass(TRAIN_PASS), order=self.data.train_order,
         )
         broadcast_buffers(unwrap_ddp(self.model))  # DDP: every rank evaluates rank 0's BatchNorm statistics
         return row

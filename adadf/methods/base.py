@@ -1,23 +1,42 @@
-"""What the engine needs from a training method: a loss per batch and an update per epoch.
+"""What the engine needs from a training method: its network, its step and an update per epoch.
 
-A method owns its loss, what it learns between epochs (and from which pass over the data), its state
-for checkpoints and the terms it logs. The epoch loop only sums and logs the scalar terms ``loss``
+A method owns its network head (``build_network``; the default is the backbone group's Ada-DF
+network), its training step (``step``: forward passes and loss; the engine does backward and the
+optimizer), what it learns between epochs (and from which pass over the data), its per-sample state
+for checkpoints and the terms it logs. The epoch loop only sums and logs the scalar terms the step
 returns. Adding a method means one module (a subclass) and one YAML in ``adadf/conf/method/``.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from adadf.config.schema import LDPass
+from adadf.config.schema import BackboneConfig, LDPass
 from adadf.errors import UserError
+from adadf.models.outputs import DualOutputs, HeadOutputs, Outputs, named
+
+__all__ = ["Batch", "DualOutputs", "Forward", "HeadOutputs", "Method", "Outputs", "Reducer"]
 
 # Sums per-class statistics across processes (DDP); identity in a single process.
 Reducer = Callable[[Tensor], Tensor]
-# The network's output for a batch: (auxiliary logits [N, C], target logits [N, C], attention [N]).
-Outputs = tuple[Tensor, Tensor, Tensor]
+# The network's forward pass as the engine runs it (under autocast when the run uses AMP): images
+# [N, 3, H, W] and any keyword arguments the method's network takes -> its outputs.
+Forward = Callable[..., Outputs]
+
+
+@dataclass
+class Batch:
+    """One training batch on the device, as a method's step sees it."""
+
+    images: Tensor  # [N, 3, H, W] transformed; N = num_images * num_crops (an image's crops adjacent)
+    labels: Tensor  # [N] the dataset's labels (noisy under dataset.label_noise), one per row
+    index: Tensor | None  # [num_images] dataset indices (DataBundle.train_labels order); None: unknown
+    num_images: int
+    num_crops: int = 1
 
 
 class Method:
@@ -40,6 +59,45 @@ class Method:
         self.num_classes = num_classes
         self.pretrained = pretrained
 
+    # -- the network ---------------------------------------------------------------------
+    def build_network(self, backbone: BackboneConfig, num_classes: int, image_size: int) -> nn.Module | None:
+        """The network this method trains, its body's weights loaded from ``backbone.checkpoint``,
+        or None for the backbone group's own (the Ada-DF dual-branch network and its loaders).
+        Evaluation and prediction call it too (``checkpoint`` None) before the trained weights load."""
+        return None
+
+    def param_groups(self, params: Sequence[tuple[str, nn.Parameter]]) -> list[dict[str, Any]] | None:
+        """Optimizer parameter groups of the trainable ``(name, parameter)`` pairs, or None for one
+        group of all. A group's ``lr_scale`` multiplies the optimizer's ``lr`` (a classifier at 10x)."""
+        return None
+
+    def begin_training(self, train_labels: Sequence[int], epochs: int) -> None:
+        """Once before the first epoch (before a resume restores ``state_dict``): the training labels
+        by dataset index and the run's epochs, for per-sample state and for checks (one line each)."""
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self, forward: Forward, batch: Batch, epoch: int) -> tuple[dict[str, Tensor | float], Outputs]:
+        """One training step's forward pass(es) and loss; the engine then backpropagates ``loss``.
+        Returns ``(terms as loss returns them, the outputs the reports see)``."""
+        outputs = forward(batch.images)
+        return self.loss(outputs, batch.labels, epoch, batch.num_images), outputs
+
+    def label_logits(self, outputs: Outputs) -> Tensor:
+        """The logits the method trains on the given labels (``label_branch`` of the dual network)."""
+        outputs = named(outputs)
+        return outputs[self.label_branch] if isinstance(outputs, DualOutputs) else outputs.logits
+
+    def sample_scores(self, outputs: Outputs, labels: Tensor) -> dict[str, Tensor]:
+        """Per-row scores [N] for the noise detector: ``aux_loss`` (the small-loss score: cross-entropy
+        of the label-trained logits; high = suspect) and ``attention`` where the network has a
+        per-sample weight (low = suspect). A method adds its own (its module says which way)."""
+        outputs = named(outputs)
+        logits = self.label_logits(outputs).detach().float()
+        scores = {"aux_loss": F.cross_entropy(logits, labels, reduction="none")}
+        if outputs.attention is not None:
+            scores["attention"] = outputs.attention.detach().float().reshape(-1)
+        return scores
+
     def freeze_untrained(self, model: nn.Module) -> None:
         """Freeze what ``trained_modules`` leaves out; refuse, in one line, a network that has none
         of the parts the method trains (a method that does not fit the backbone)."""
@@ -55,7 +113,7 @@ class Method:
             param.requires_grad_(param.requires_grad and name.startswith(self.trained_modules))
 
     def loss(self, outputs: Outputs, labels: Tensor, epoch: int, num_images: int) -> dict[str, Tensor | float]:
-        """``{'loss': 0-d tensor to backpropagate, <term>: 0-d tensor | float, ...}``.
+        """The default step's loss: ``{'loss': 0-d tensor to backpropagate, <term>: 0-d tensor | float, ...}``.
 
         Tensor terms are averaged over the epoch's rows and logged as ``train_<term>``; float terms
         (weights of a schedule) are logged as they stand after the last batch.

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from adadf.errors import UserError
+from adadf.models.outputs import DualOutputs
 
 # Children a timm ResNet-family model must have for the trunk / branch split.
 TRUNK_LAYERS = ("conv1", "bn1", "act1", "maxpool", "layer1")
@@ -122,11 +123,11 @@ class AdaDF(nn.Module):
         z = branch.fc(f)  # [N, C]
         return (a * z if self.scale_logits else z), a  # attention-scaled logits, or a plain head's
 
-    def forward_head(self, f0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Both branches on the shared features: returns (z_1 [N,C], z_2 [N,C], a [N])."""
+    def forward_head(self, f0: torch.Tensor) -> DualOutputs:
+        """Both branches on the shared features: (z_1 [N,C], z_2 [N,C], a [N]), also by name."""
         z1, a1 = self.branch_head(self.aux_branch, self.aux_attention, f0)
         z2, a2 = self.branch_head(self.target_branch, self.target_attention, f0)
-        return z1, z2, ((a1 + a2) / 2).squeeze(1)
+        return DualOutputs(z1, z2, ((a1 + a2) / 2).squeeze(1))
 
     def forward(self, x: torch.Tensor, target_only: bool = False):
         """(z_1, z_2, a); with ``target_only`` just z_2 [N,C], the logits every evaluation and

@@ -276,10 +276,14 @@ def _ours_to_reference_hint(key: str) -> str:
 
 # ------------------------------------------------------------------------------ adadf checkpoints
 def is_adadf_checkpoint(obj: Mapping) -> bool:
-    """True for our own checkpoints: ``{'model': <AdaDF state dict>, ...}``."""
+    """True for our own checkpoints: ``{'model': <AdaDF state dict>, ...}``, or a comparison method's
+    ``{'model': <body.* + head.* state dict>, 'format': 'adadf-checkpoint-*', ...}``."""
     model_state = obj.get("model")
-    return isinstance(model_state, Mapping) and any(
-        k.startswith("trunk.") for k in _strip_prefixes(model_state))
+    if not isinstance(model_state, Mapping):
+        return False
+    keys = _strip_prefixes(model_state)
+    return any(k.startswith("trunk.") for k in keys) or (
+        str(obj.get("format", "")).startswith("adadf-checkpoint") and any(k.startswith("body.") for k in keys))
 
 
 def _load_adadf_state(model: AdaDF, obj: Mapping, path: Path) -> torch.Tensor | None:

@@ -31,12 +31,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from adadf.config.schema import LDPass
 from adadf.data.bundle import DataBundle
 from adadf.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from adadf.methods.base import Method, Outputs, Reducer
+from adadf.models.outputs import named
 from adadf.metrics import auroc
 from adadf.tracking import plots
 from adadf.tracking.callbacks import CLASS_DIST_PASS, TRAIN_PASS, BatchHook, Callback
@@ -101,10 +101,11 @@ class SampleRecorder:
             self._index = torch.as_tensor(list(self._order()), dtype=torch.long).to(self.device)
         index = self._index[self._position:self._position + num_images]  # [B]
         self._position += num_images
-        logits = outputs[self.method.label_branch].detach().float()  # [N, C], N = B * crops
-        loss = F.cross_entropy(logits, labels, reduction="none").view(num_images, -1).mean(1)  # [B]
-        attention = outputs[2].detach().float().reshape(num_images, -1).mean(1)  # [B]
-        target = outputs[1].detach().float()
+        scores = self.method.sample_scores(outputs, labels)  # [N] each, N = B * crops
+        loss = scores["aux_loss"].view(num_images, -1).mean(1)  # [B]
+        attention = scores.get("attention", torch.full_like(scores["aux_loss"], torch.nan))
+        attention = attention.reshape(num_images, -1).mean(1)  # [B]
+        target = named(outputs).logits.detach().float()
         prediction = target.view(num_images, -1, target.shape[1]).mean(1).argmax(1)  # [B]
         rows = torch.stack([attention, loss, prediction.float() + 1, torch.ones_like(loss)]).double()
         self.values.index_copy_(1, index, rows)
