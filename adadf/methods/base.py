@@ -53,6 +53,8 @@ class Method:
     # Prefixes of the model's parameters the method trains (None: every trainable one). The rest is
     # frozen before the optimizer and DDP are built, so neither waits for gradients that never come.
     trained_modules: tuple[str, ...] | None = None
+    # Per-sample scores (``sample_scores``) for which a LOW value marks a likely mislabelled sample.
+    low_is_suspect: frozenset[str] = frozenset({"attention"})
     trains_attention: bool = True  # False: the attention heads stay as initialised (no histogram)
 
     def __init__(self, num_classes: int, pretrained: bool = False) -> None:
@@ -88,9 +90,11 @@ class Method:
         return outputs[self.label_branch] if isinstance(outputs, DualOutputs) else outputs.logits
 
     def sample_scores(self, outputs: Outputs, labels: Tensor) -> dict[str, Tensor]:
-        """Per-row scores [N] for the noise detector: ``aux_loss`` (the small-loss score: cross-entropy
-        of the label-trained logits; high = suspect) and ``attention`` where the network has a
-        per-sample weight (low = suspect). A method adds its own (its module says which way)."""
+        """Per-row scores [N] for the noise detector (train_attention.csv, ``noise_auroc_<score>``):
+        ``aux_loss`` (the small-loss score: cross-entropy of the label-trained logits; high = suspect)
+        and ``attention`` where the network has a per-sample weight. A method adds its own (SCN's
+        importance, RUL's uncertainty, EAC's consistency); those in ``low_is_suspect`` mark a
+        suspect by a low value, the others by a high one."""
         outputs = named(outputs)
         logits = self.label_logits(outputs).detach().float()
         scores = {"aux_loss": F.cross_entropy(logits, labels, reduction="none")}
