@@ -24,6 +24,7 @@ from torch import nn
 from adadf.cli import in_multirun
 from adadf.config import TrainerConfig, instantiate_node, validate_config
 from adadf.config.dataset import dataset_schema
+from adadf.config.schema import GROUP_SCHEMAS, ComparisonMethodConfig
 from adadf.data.bundle import DataBundle
 from adadf.data.images import resolve_pipeline
 from adadf.data import resident
@@ -212,6 +213,7 @@ def preflight(cfg: DictConfig) -> None:
                 "and where to get it: docs/datasets.md#the-pretrained-backbone-and-reproducing-the-paper; "
                 "backbone.checkpoint=null trains from scratch"
             )
+    refuse_fusion_overrides(cfg)
     logger = cfg.get("logger") or {}
     if str(logger.get("_target_", "")).endswith("WandbLogger") and logger.get("mode") == "online":
         from adadf.tracking.loggers import wandb_logged_in
@@ -219,6 +221,21 @@ def preflight(cfg: DictConfig) -> None:
         if not wandb_logged_in():
             raise UserError("logger.mode=online: no W&B login here; run `wandb login` (or set WANDB_API_KEY), "
                             "or log offline with logger.mode=offline and upload later with `wandb sync`")
+
+
+def refuse_fusion_overrides(cfg: DictConfig) -> None:
+    """``fusion.*`` set on the command line for a comparison method (SCN, RUL, EAC), which has no
+    Ada-DF fusion: one line, instead of a run that silently ignores it."""
+    target = str(cfg.method.get("_target_", ""))
+    schema = next((s for s in GROUP_SCHEMAS["method"].values() if s._target_ == target), None)
+    if schema is None or not issubclass(schema, ComparisonMethodConfig) or not HydraConfig.initialized():
+        return
+    for override in HydraConfig.get().overrides.task:
+        key = override.lstrip("+~").partition("=")[0]
+        if key.startswith("fusion."):
+            name = HydraConfig.get().runtime.choices.get("method") or target
+            raise UserError(f"{override}: method={name} has no Ada-DF fusion (fusion.* are Ada-DF's keys); "
+                            f"its own keys are method.* (python run.py method={name} --cfg job)")
 
 
 def build_data(node: DictConfig, seed: int, device: torch.device | None = None) -> DataBundle:
