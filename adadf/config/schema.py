@@ -194,6 +194,7 @@ class RULMethodConfig(ComparisonMethodConfig):
     feature_dim: int = ranged(64, *at_least(1))  # the mu / log-variance heads' output
     head_dropout: float = ranged(0.4, *half_open01())  # in both heads, before their Linear
     fc_lr_scale: float = ranged(10.0, *positive())  # the classifier's lr / the rest's (2e-3 / 2e-4)
+    seed: int = "${seed}"  # the pairings' generator (checkpointed): the run's seed
 
 
 @dataclass
