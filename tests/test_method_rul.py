@@ -168,3 +168,14 @@ def test_rul_checkpoint_evaluates_and_predicts_with_fc_of_mu(rul_run: Path, tmp_
     with torch.no_grad():
         expected = torch.softmax(model.head.fc(model.head.mu(model.body(x))), 1)
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rul_under_torchrun(tmp_path: Path, cache_dir: Path):
+    """Two CPU processes (DDP): every parameter gets its gradient inside the wrapped forward (the
+    pairing is a forward argument), so the run completes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "run.py"),
+           *TINY, f"dataset.root={cache_dir}", *RUL, "trainer.epochs=1", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
