@@ -109,9 +109,14 @@ def test_no_relabelling_before_the_relabel_epoch(fixture: dict):
     assert float(terms["relabelled"]) > 0 and method.labels.tolist() != given["store_before"]
 
 
-def test_a_relabel_epoch_beyond_the_run_is_one_line():
+def test_a_relabel_epoch_beyond_the_run_is_one_line(caplog):
     with pytest.raises(UserError, match=r"method.relabel_epoch=10 is beyond the run's trainer.epochs=2"):
-        SCNMethod(7).begin_training([0, 1, 2], epochs=2)
+        SCNMethod(7, relabel_epoch=10).begin_training([0, 1, 2], epochs=2)
+    # Left at null (the original's 10), a shorter run (debug=fast, a short sweep) trains without relabelling.
+    method = SCNMethod(7)
+    method.begin_training([0, 1, 2], epochs=2)
+    assert method.relabel_epoch == 10
+    assert "relabelling starts at epoch 10 (the original's), after this 2-epoch run" in caplog.text
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -182,7 +187,8 @@ def test_scn_checkpoint_evaluates_and_predicts_with_its_scaled_logits(scn_run: P
 
 def test_a_relabel_epoch_beyond_the_run_is_one_line_before_any_work(run_cli, tmp_path: Path):
     out = tmp_path / "run"
-    proc = run_cli([*FAST, "method=scn", "trainer.epochs=2", f"hydra.run.dir={out}"], cwd=tmp_path)
+    proc = run_cli([*FAST, "method=scn", "method.relabel_epoch=10", "trainer.epochs=2", f"hydra.run.dir={out}"],
+                   cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         "method.relabel_epoch=10 is beyond the run's trainer.epochs=2: SCN would never relabel "

@@ -182,7 +182,8 @@ class SCNMethodConfig(ComparisonMethodConfig):
     beta: float = ranged(0.7, *open01())  # fraction of the batch in the high-importance group
     margin_1: float = ranged(0.07, *at_least(0.0))  # rank regularisation margin (the README's, batch 64)
     margin_2: float = ranged(0.2, *at_least(0.0))  # relabelling margin: P_max - P_label > margin_2
-    relabel_epoch: int = ranged(10, *at_least(1))  # relabel from this (1-based) epoch on
+    # relabel from this (1-based) epoch on; null: the original's 10, and none in a shorter run (logged)
+    relabel_epoch: Optional[int] = ranged(None, *at_least(1))
     relabel_low_only: bool = False  # true: relabel only the low-importance group (the paper); the code: all
 
 

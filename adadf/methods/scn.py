@@ -16,6 +16,7 @@ checkpointed with the method, so a resumed run trains on the same labels.
 """
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -26,6 +27,11 @@ from adadf.config.schema import BackboneConfig, FusionConfig, refuse_switches
 from adadf.errors import UserError
 from adadf.methods.base import Batch, Forward, HeadOutputs, Method, Outputs, Reducer
 from adadf.models.single import HeadNetwork, ResNetBody, build_head_network
+
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_RELABEL_EPOCH = 10  # method.relabel_epoch=null: the original code's (its --relabel_epoch default)
 
 
 class SCNHead(nn.Module):
@@ -74,7 +80,7 @@ class SCNMethod(Method):
     low_is_suspect = frozenset({"attention", "importance"})
 
     def __init__(self, num_classes: int, pretrained: bool = False, beta: float = 0.7, margin_1: float = 0.07,
-                 margin_2: float = 0.2, relabel_epoch: int = 10, relabel_low_only: bool = False,
+                 margin_2: float = 0.2, relabel_epoch: int | None = None, relabel_low_only: bool = False,
                  drop_rate: float = 0.0, params: FusionConfig | None = None) -> None:
         super().__init__(num_classes, pretrained)
         if isinstance(params, FusionConfig):  # also checked at validation (a plain dict when rebuilt from a checkpoint)
@@ -82,7 +88,8 @@ class SCNMethod(Method):
         self.beta = float(beta)
         self.margin_1 = float(margin_1)
         self.margin_2 = float(margin_2)
-        self.relabel_epoch = int(relabel_epoch)
+        self.relabel_epoch_given = relabel_epoch is not None
+        self.relabel_epoch = int(relabel_epoch) if relabel_epoch is not None else ORIGINAL_RELABEL_EPOCH
         self.relabel_low_only = bool(relabel_low_only)
         self.drop_rate = float(drop_rate)
         self.labels = torch.zeros(0, dtype=torch.int64)  # [num_train] the labels trained on, by dataset index
@@ -95,9 +102,12 @@ class SCNMethod(Method):
         return build_head_network(make_head, num_classes, backbone)
 
     def begin_training(self, train_labels: Sequence[int], epochs: int) -> None:
-        if self.relabel_epoch > epochs:
+        if self.relabel_epoch > epochs and self.relabel_epoch_given:
             raise UserError(f"method.relabel_epoch={self.relabel_epoch} is beyond the run's trainer.epochs={epochs}: "
                             f"SCN would never relabel (set method.relabel_epoch <= {epochs})")
+        if self.relabel_epoch > epochs:
+            log.warning("method=scn: relabelling starts at epoch %d (the original's), after this %d-epoch run: no "
+                        "relabelling (set method.relabel_epoch to have some)", self.relabel_epoch, epochs)
         self.labels = torch.as_tensor(list(train_labels), dtype=torch.int64)
         self.pending = torch.full_like(self.labels, -1)
 
