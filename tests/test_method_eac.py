@@ -208,3 +208,17 @@ def test_eac_checkpoint_evaluates_and_predicts_with_view_one_logits(eac_run: Pat
     with torch.no_grad():
         expected = torch.softmax(model.head.fc(model.body(x).mean((2, 3))), 1)
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_eac_under_torchrun(tmp_path: Path, cache_dir: Path):
+    """Two CPU processes (DDP): two wrapped forward passes, then one backward per step; every
+    parameter's gradient (the classifier's from CE only) is reduced once, so the steps go on."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "run.py"),
+           *TINY, f"dataset.root={cache_dir}", *EAC, "trainer.epochs=2", f"hydra.run.dir={out}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    assert (pd.read_csv(out / "metrics.csv")["train_consistency"] > 0).all()
