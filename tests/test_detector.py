@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,19 @@ import torch
 import torch.nn.functional as F
 
 from adadf import inference
+from adadf.config.fields import check_ranges
 from adadf.engine.checkpoint import load_checkpoint
-from adadf.tracking.samples import SampleRecorder
+from adadf.engine.trainer import Progress
+from adadf.errors import UserError
+from adadf.metrics import auroc
+from adadf.models.outputs import HeadOutputs, named
+from adadf.tracking.callbacks import TRAIN_PASS
+from adadf.tracking.samples import SampleDetector, SampleRecorder, noise_aurocs
+from adadf.tracking.sweep import format_table, job_table, setting_table
 from adadf.methods.adadf import AdaDFMethod
 from adadf.methods.ce import CEMethod
-from adadf.config.schema import FusionConfig
+from adadf.config.schema import FusionConfig, TrainerConfig
+from conftest import FAST
 from test_metrics import auroc_loop
 from test_plots import assert_png
 from test_resume import completed_run, train_here
@@ -182,3 +191,121 @@ def test_ce_names_classes_keeps_every_epoch_and_draws_no_attention(tmp_path: Pat
     assert suspects["label_name"].tolist() == [names[i] for i in suspects["label"]]
     assert not list((tmp_path / "plots").glob("attention_e*.png"))  # CE does not train the attention
     assert "class_dist_fallbacks" not in pd.read_csv(tmp_path / "metrics.csv")  # CE has no class distributions
+
+
+class SpreadMethod(CEMethod):
+    """CE plus two scores of its own: ``spread`` (high = suspect) and ``calm`` (low = suspect)."""
+
+    low_is_suspect = frozenset({"attention", "calm"})
+
+    def sample_scores(self, outputs, labels):
+        scores = super().sample_scores(outputs, labels)
+        logits = named(outputs).logits.float()
+        return scores | {"spread": logits.std(1), "calm": logits.max(1).values}
+
+
+class Immediate:
+    """A BackgroundWriter that runs each job at once, on the calling thread."""
+
+    def submit(self, what, job, *args):
+        job(*args)
+
+
+def test_every_score_of_the_method_gets_a_column_and_an_auroc(tmp_path: Path):
+    """train_attention.csv: one column per score (the base's first); noise_auroc_<score> per score,
+    oriented by low_is_suspect; summary.json takes every one of them."""
+    order, labels = [3, 0, 5, 1, 4, 2], [0, 1, 2, 0, 1, 2]
+    clean = [0, 2, 2, 0, 0, 2]  # samples 1 and 4 flipped
+    data = SimpleNamespace(train_labels=labels, clean_train_labels=clean, class_names=["a", "b", "c"],
+                           train_paths=[f"img{i}.png" for i in range(6)], train_order=lambda: order)
+    detector = SampleDetector(data, SpreadMethod(C), torch.device("cpu"), tmp_path, None, Immediate(), epochs=1,
+                              suspects_by="calm", suspects=0)
+    hook = detector.begin_pass(TRAIN_PASS)
+    batches = [outputs_for(3, seed=4), outputs_for(3, seed=5)]
+    y = torch.tensor([labels[i] for i in order])
+    for k, outputs in enumerate(batches):
+        hook(outputs, y[3 * k:3 * k + 3], 3)
+    metrics = detector.end_epoch(1)
+
+    aux, target, attention = (torch.cat(parts) for parts in zip(*batches))
+    by_hand = {"attention": attention, "aux_loss": F.cross_entropy(target, y, reduction="none"),
+               "spread": target.std(1), "calm": target.max(1).values}  # by delivery position
+    flipped = np.array(clean) != np.array(labels)
+    frame = pd.read_csv(tmp_path / "train_attention.csv")
+    assert list(frame.columns) == ["index", "path", "label", "label_name", "attention", "aux_loss", "spread", "calm",
+                                   "prediction", "prediction_name", "flipped", "clean_label", "clean_label_name"]
+    assert frame.equals(pd.read_csv(tmp_path / "scores" / "train_attention_e001.csv"))
+    expected = {}
+    for name, values in by_hand.items():
+        per_sample = np.empty(6)
+        per_sample[order] = values.double().numpy()
+        np.testing.assert_allclose(frame[name], per_sample, rtol=1e-6)
+        low = name in ("attention", "calm")
+        key = "noise_auroc" if name == "attention" else f"noise_auroc_{name}"
+        expected[key] = auroc(-per_sample if low else per_sample, flipped)
+    assert expected["noise_auroc_calm"] != pytest.approx(auroc(frame["calm"], flipped))  # the orientation matters
+    assert metrics == pytest.approx(expected) and list(metrics) == list(expected)
+    summary = Progress(epoch=1, history=[{"epoch": 1, "test_acc": 50.0, **metrics}]).summary("completed", 1.0)
+    assert {k: v for k, v in summary.items() if k.startswith("noise_auroc")} == pytest.approx(expected)
+    assert detector.scores.suspicion("calm") == pytest.approx(-frame["calm"].to_numpy())
+
+
+def test_a_method_without_attention_has_no_noise_auroc_and_refuses_to_rank_by_it():
+    """A network without attention (a plain head): aux_loss only, so no noise_auroc; ranking the
+    suspects by attention (or any score the method lacks) is one line at the first batch."""
+    logits = torch.randn(4, C, generator=torch.Generator().manual_seed(6))
+    labels = torch.tensor([0, 1, 2, 0])
+    recorder = SampleRecorder(4, CEMethod(C), torch.device("cpu")).start(lambda: [0, 1, 2, 3])
+    recorder(HeadOutputs(logits=logits), labels, 4)
+    scores = recorder.finish()
+    assert list(scores.values) == ["aux_loss"] and np.isnan(scores.attention).all()
+    assert list(noise_aurocs(scores, np.array([True, False, False, True]))) == ["noise_auroc_aux_loss"]
+    refusing = SampleRecorder(4, CEMethod(C), torch.device("cpu"), needed="attention").start(lambda: [0, 1, 2, 3])
+    with pytest.raises(UserError, match=r"^trainer.suspects_by=attention: CEMethod has no such per-sample score "
+                                        r"\(it has: aux_loss\)$"):
+        refusing(HeadOutputs(logits=logits), labels, 4)
+    check_ranges(TrainerConfig(suspects_by="uncertainty"), "trainer")  # a method's own: checked at the first batch
+    with pytest.raises(UserError, match="trainer.suspects_by='two words'"):
+        check_ranges(TrainerConfig(suspects_by="two words"), "trainer")
+
+
+def test_sweep_table_shows_every_detector_the_jobs_have(tmp_path: Path):
+    """A method's own noise_auroc_<score> is a column of the job and setting tables and of the printed one."""
+    for job, (method, summary) in enumerate([
+            ("adadf", {"noise_auroc": 70.0, "noise_auroc_aux_loss": 80.0}),
+            ("rul", {"noise_auroc_aux_loss": 75.0, "noise_auroc_uncertainty": 65.0})]):
+        d = tmp_path / str(job)
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(f"- method={method}\n")
+        (d / "summary.json").write_text(json.dumps({"status": "completed", "best_acc": 50.0, **summary}))
+    jobs = job_table(tmp_path)
+    assert [c for c in jobs if c.startswith("noise_auroc")] == [
+        "noise_auroc", "noise_auroc_aux_loss", "noise_auroc_uncertainty"]
+    settings = setting_table(jobs)
+    assert settings["noise_auroc_uncertainty_mean"].tolist()[1] == 65.0
+    table = format_table(tmp_path, jobs, settings)
+    assert "noise AUROC: uncertainty" in table and "noise AUROC: aux loss" in table
+
+
+def test_ranking_by_a_score_the_method_lacks_is_one_line_at_the_first_batch(run_cli, tmp_path: Path):
+    out = tmp_path / "run"
+    proc = run_cli([*FAST, "method=rul", "trainer.suspects_by=attention", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "trainer.suspects_by=attention: RULMethod has no such per-sample score (it has: aux_loss, uncertainty)")
+    assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+
+
+def test_rul_uncertainty_is_a_detector_of_its_own(tmp_path: Path, cache_dir: Path):
+    """method=rul under label noise: its uncertainty is a column and has its noise AUROC (high =
+    suspect); its network has no attention, so no noise_auroc."""
+    summary = train_here(tmp_path, cache_dir, "method=rul", "dataset.label_noise=0.25", "trainer.epochs=1",
+                         "trainer.suspects_by=uncertainty")
+    scores = pd.read_csv(tmp_path / "train_attention.csv")
+    assert list(scores.columns)[4:6] == ["aux_loss", "uncertainty"] and "attention" not in scores
+    seen = scores["uncertainty"].notna()
+    assert summary["noise_auroc_uncertainty"] == pytest.approx(
+        auroc_loop(scores.loc[seen, "uncertainty"].tolist(), scores.loc[seen, "flipped"].tolist()))
+    assert "noise_auroc" not in summary and "noise_auroc_aux_loss" in summary
+    suspects = pd.read_csv(tmp_path / "suspects.csv")
+    assert suspects["uncertainty"].is_monotonic_decreasing

@@ -111,8 +111,10 @@ class TrainerConfig:
                                          "auto, true or false")
     progress: bool = True  # tqdm progress bars on interactive terminals
     deterministic: bool = False  # torch.use_deterministic_algorithms
-    # The training images to re-check (docs/research.md): ranked by low attention or high label loss.
-    suspects_by: str = ranged("aux_loss", *one_of("attention", "aux_loss"))
+    # The training images to re-check (docs/research.md), ranked by one of the method's per-sample
+    # scores (aux_loss: high label loss; attention: low; a method's own); checked at the first batch.
+    suspects_by: str = ranged("aux_loss", lambda x: isinstance(x, str) and x.isidentifier(),
+                              "a per-sample score's name (aux_loss, attention, a method's own)")
     suspects: int = ranged(36, *at_least(0))  # how many (0: none)
     # Per-epoch pictures, train_attention.csv and their W&B media: every N epochs and after the last,
     # drawn and written on a background thread while the next epoch trains.

@@ -56,9 +56,8 @@ class Progress:
             "wall_time_s": earlier_wall_time_s + wall_time_s,  # the run's, resumed invocations included
             "wall_time_this_run_s": wall_time_s,
         }
-        for key in ("noise_auroc", "noise_auroc_aux_loss"):  # label noise: the detectors, last epoch
-            if key in last:
-                summary[key] = last[key]
+        # label noise: every detector's AUROC (noise_auroc, noise_auroc_<score>), last epoch
+        summary |= {key: value for key, value in last.items() if key.startswith("noise_auroc")}
         if "val_acc" in last:  # honest protocol: test accuracy at the best-validation epoch
             best_val = max(self.history, key=lambda r: r["val_acc"])
             summary.update(best_val_acc=best_val["val_acc"], best_val_epoch=best_val["epoch"],

@@ -39,9 +39,9 @@ METRICS = {
     "test_acc_at_best_val": "test acc @ best val [honest]",
     "final_acc": "final test acc",
     "best_mean_class_acc": "best mean-class acc",
-    "noise_auroc": "noise AUROC: attention",  # with dataset.label_noise (adadf/engine/samples.py)
+    "noise_auroc": "noise AUROC: attention",  # with dataset.label_noise (adadf/tracking/samples.py)
     "noise_auroc_aux_loss": "noise AUROC: aux loss",
-}
+}  # then every other noise_auroc_<score> the jobs have (metric_columns)
 # Jobs of this invocation refused in a dir that holds a run (a re-run sweep): their dirs keep the earlier
 # run's files untouched, so the refusal is noted here, one JSON line per job, cleared at each multirun start.
 REFUSALS = ".refusals.jsonl"
@@ -58,6 +58,13 @@ LEGEND = (
 # ---------------------------------------------------------------------------------------------
 # The sweep's table
 # ---------------------------------------------------------------------------------------------
+def metric_columns(columns: Sequence[str]) -> dict[str, str]:
+    """``METRICS``, then each method's own detector (``noise_auroc_<score>``) among ``columns``."""
+    extra = {c: "noise AUROC: " + c.removeprefix("noise_auroc_").replace("_", " ")
+             for c in columns if c.startswith("noise_auroc_") and c not in METRICS}
+    return METRICS | extra
+
+
 def _split_override(override: str) -> tuple[str, str]:
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value
@@ -145,7 +152,7 @@ def job_table(sweep_dir: Path, seed_keys: Sequence[str] = SEED_KEYS):
         for _, row in frame.iterrows()
     ]
     first = ["job", "overrides", *[k.removeprefix("override:") for k in varying], "setting", "status"]
-    metrics = [c for c in METRICS if c in frame]
+    metrics = [c for c in metric_columns(list(frame)) if c in frame]
     frame = frame[first + metrics + [c for c in frame if c not in first + metrics]]
     return frame
 
@@ -160,7 +167,7 @@ def setting_table(jobs):
         done = group[group["status"] == "completed"]
         row: dict[str, Any] = {"setting": setting, "jobs": len(group), "completed": len(done),
                                "failed": len(group) - len(done)}
-        for key in METRICS:
+        for key in metric_columns(list(jobs)):
             if key in group:
                 values = pd.to_numeric(done[key], errors="coerce").dropna()
                 row[f"{key}_mean"] = values.mean() if len(values) else math.nan
@@ -197,7 +204,7 @@ def format_table(sweep_dir: Path, jobs, settings) -> str:
     shown: dict[str, Sequence[Any]] = {"setting": [_short_numbers(s) for s in settings["setting"]],
                                        "jobs": settings["jobs"], "failed": settings["failed"]}
     honest = "test_acc_at_best_val_mean" in settings and settings["test_acc_at_best_val_mean"].notna().any()
-    for key, label in METRICS.items():
+    for key, label in metric_columns(list(jobs)).items():
         if f"{key}_mean" in settings and (honest or key != "test_acc_at_best_val"):
             shown[label] = [_mean_std(m, s) for m, s in zip(settings[f"{key}_mean"], settings[f"{key}_std"])]
     legend = LEGEND.splitlines()
