@@ -64,7 +64,7 @@ def test_one_step_matches_the_original_code(reference, one_step):
     assert float(terms["consistency"]) == pytest.approx(reference["l_flip"], rel=1e-5, abs=1e-6)
     assert float(terms["loss"]) == pytest.approx(reference["total"], rel=1e-5, abs=1e-6)
     torch.testing.assert_close(outputs.logits.detach(), torch.tensor(reference["logits1"]), rtol=1e-4, atol=1e-6)
-    cams = outputs.extra["cams"].double()  # view 1's maps [4, 7, 7, 7] (a bias in them would cancel in L_flip)
+    cams = outputs.extra["cams"].detach().double()  # view 1's maps [4, 7, 7, 7] (a bias in them would cancel in L_flip)
     assert [float(cams.sum()), float(cams.norm())] == pytest.approx(reference["cam1_sum_norm"], rel=1e-5)
     buffers = {k: v for k, v in network.state_dict().items() if k.endswith(("running_mean", "running_var"))}
     assert set(buffers) == set(reference["bn_buffers_after"])
@@ -143,7 +143,7 @@ def test_per_image_scores_and_ten_crop_batches():
 
 
 # -- through the commands ------------------------------------------------------------------------
-EAC = ["method=eac"]
+EAC = ["method=eac", "dataset.label_noise=0.25"]
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +177,13 @@ def test_eac_trains_every_layer_with_two_terms(eac_run: Path):
     trained = [k for k in keys if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     assert len(state["optimizer"]["state"]) == len(trained) == 62
     assert int(state["model"]["body.bn1.num_batches_tracked"]) == 2 * 2 * 3
+    # The noise detector: each image's consistency (high = suspect) next to the small loss.
+    scores = pd.read_csv(eac_run / "train_attention.csv")
+    assert {"aux_loss", "consistency"} <= set(scores.columns) and "attention" not in scores.columns
+    delivered = scores["consistency"].notna()
+    assert delivered.sum() >= 16 and (scores.loc[delivered, "consistency"] > 0).all()
+    assert {"noise_auroc_consistency", "noise_auroc_aux_loss"} <= set(metrics.columns)
+    assert metrics["noise_auroc_consistency"].between(0, 100).all()
 
 
 @pytest.mark.slow
