@@ -13,7 +13,7 @@ CONF = ROOT / "adadf" / "conf"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Groups whose options are files in adadf/conf/<group>/ (fusion and trainer have one, `default`).
 GROUPS = ("dataset", "backbone", "fusion", "method", "optimizer", "scheduler", "trainer", "logger", "experiment",
-          "sweep", "debug", "detector")
+          "recipe", "sweep", "debug", "detector")
 # group=option written on purpose for an option that is not in adadf/conf/: the test plugin's own
 # method (tests/plugins/conf) and the example of a composition error.
 NOT_OPTIONS = {("method", "tiny"), ("dataset", "nope")}
