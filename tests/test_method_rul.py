@@ -124,10 +124,15 @@ def rul_run(tmp_path_factory, cache_dir) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_rul_trains_every_layer_with_its_pairing_state(rul_run: Path):
     metrics = pd.read_csv(rul_run / "metrics.csv")
     assert {"train_loss", "train_uncertainty"} <= set(metrics.columns)
     assert (metrics["train_uncertainty"] > 0).all()
+    # The noise detector reads RUL's own score, u = mean exp(s) > 0, next to the small-loss one.
+    assert {"noise_auroc_aux_loss", "noise_auroc_uncertainty"} <= set(metrics.columns)
+    scores = pd.read_csv(rul_run / "train_attention.csv")
+    assert (scores["uncertainty"] > 0).all() and scores["aux_loss"].notna().all()
     state = load_checkpoint(rul_run / "checkpoints" / "last.pt")
     assert state["config"]["method"]["_target_"] == "adadf.methods.rul.RULMethod"
     assert set(state["method"]) == {"generator"}
@@ -142,6 +147,7 @@ def test_rul_trains_every_layer_with_its_pairing_state(rul_run: Path):
         ("running_mean", "running_var", "num_batches_tracked")))
 
 
+@pytest.mark.slow
 def test_rul_resume_is_exact(rul_run: Path, tmp_path: Path, cache_dir: Path):
     run = tmp_path / "resumed"
     train_here(run, cache_dir, *RUL, "trainer.epochs=1")
@@ -150,6 +156,7 @@ def test_rul_resume_is_exact(rul_run: Path, tmp_path: Path, cache_dir: Path):
     assert_same_training_state(rul_run / "checkpoints" / "last.pt", run / "checkpoints" / "last.pt")
 
 
+@pytest.mark.slow
 def test_rul_checkpoint_evaluates_and_predicts_with_fc_of_mu(rul_run: Path, tmp_path: Path):
     checkpoint = rul_run / "checkpoints" / "last.pt"
     cfg = compose_command("eval", [f"checkpoint={checkpoint}", "device=cpu", "progress=false", "logger=none"])
@@ -170,6 +177,7 @@ def test_rul_checkpoint_evaluates_and_predicts_with_fc_of_mu(rul_run: Path, tmp_
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_rul_under_torchrun(tmp_path: Path, cache_dir: Path):
     """Two CPU processes (DDP): every parameter gets its gradient inside the wrapped forward (the
     pairing is a forward argument), so the run completes."""
