@@ -11,15 +11,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from adadf import inference
 from adadf.engine.checkpoint import load_checkpoint
-from adadf.evaluate import evaluate_checkpoint
 from adadf.models import AdaDF
-from adadf.predict import predict_command
 from conftest import FAST, ROOT, cli_env
-from test_eval_predict import compose_command
+from test_eval_predict import evaluate_and_predict
 from test_plots import assert_png
 from test_resume import assert_same_training_state, train_here
 
@@ -58,22 +54,8 @@ def test_ce_resume_is_exact(ce_run: Path, tmp_path: Path, cache_dir: Path):
 
 
 def test_ce_checkpoint_evaluates_and_predicts_with_its_plain_head(ce_run: Path, tmp_path: Path):
-    checkpoint = ce_run / "checkpoints" / "last.pt"
-    trained = inference.read_checkpoint(checkpoint)
-    model = inference.load_model(trained, 7)
+    probs, model, x = evaluate_and_predict(ce_run, tmp_path)
     assert model.scale_logits is False
-    cfg = compose_command("eval", [f"checkpoint={checkpoint}", "device=cpu", "progress=false", "logger=none"])
-    result = evaluate_checkpoint(cfg, tmp_path / "eval")
-    assert result["acc"] == pytest.approx(json.loads((ce_run / "summary.json").read_text())["final_acc"], abs=1e-9)
-
-    # predict: the probabilities are the softmax of the plain target logits fc(f), not a * fc(f).
-    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    Image.fromarray(image.numpy()).save(tmp_path / "face.png")
-    predict_command(compose_command("predict", [f"checkpoint={checkpoint}", f"input={tmp_path / 'face.png'}",
-                                                "device=cpu"]), tmp_path / "predict")
-    frame = pd.read_csv(tmp_path / "predict" / "predictions.csv")
-    probs = torch.tensor(frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy(), dtype=torch.float32)
-    x = inference.image_transform(trained.dataset_config)(Image.open(tmp_path / "face.png").convert("RGB"))[None]
     with torch.no_grad():
         features = model.target_branch.forward_features(model.forward_features(x))
         plain = model.target_branch.fc(features)

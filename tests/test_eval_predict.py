@@ -35,6 +35,26 @@ def compose_command(name: str, overrides: list[str]):
         return compose(name, overrides=overrides)
 
 
+def evaluate_and_predict(run: Path, tmp_path: Path, num_classes: int = 7):
+    """adadf-eval on ``run``'s last.pt (it must repeat the run's ``final_acc``) and adadf-predict on
+    one seeded 32 px image: (the predicted probabilities [1, C], the checkpoint's model as inference
+    builds it, the image as that model sees it [1, 3, H, W])."""
+    checkpoint = run / "checkpoints" / "last.pt"
+    cfg = compose_command("eval", [f"checkpoint={checkpoint}", "device=cpu", "progress=false", "logger=none"])
+    result = evaluate_checkpoint(cfg, tmp_path / "eval")
+    assert result["acc"] == pytest.approx(json.loads((run / "summary.json").read_text())["final_acc"], abs=1e-9)
+    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(image.numpy()).save(tmp_path / "face.png")
+    predict_command(compose_command("predict", [f"checkpoint={checkpoint}", f"input={tmp_path / 'face.png'}",
+                                                "device=cpu"]), tmp_path / "predict")
+    frame = pd.read_csv(tmp_path / "predict" / "predictions.csv")
+    probs = torch.tensor(frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy(), dtype=torch.float32)
+    trained = inference.read_checkpoint(checkpoint)
+    model = inference.load_model(trained, num_classes)
+    x = inference.image_transform(trained.dataset_config)(Image.open(tmp_path / "face.png").convert("RGB"))[None]
+    return probs, model, x
+
+
 def run_module(module: str, args: list[str], cwd: Path, cache_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cache_dir),
                           capture_output=True, text=True, timeout=600)

@@ -11,18 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from PIL import Image
 
-from adadf import inference
 from adadf.config.schema import BackboneConfig
 from adadf.engine.checkpoint import load_checkpoint
-from adadf.evaluate import evaluate_checkpoint
 from adadf.methods.base import Batch
 from adadf.methods.rul import RULMethod, add_up_loss, relative_mix
-from adadf.predict import predict_command
 from conftest import ROOT, cli_env
 from method_reference import grad_summary, load_fixture, seeded_batch, seeded_state
-from test_eval_predict import compose_command
+from test_eval_predict import evaluate_and_predict
 from test_resume import TINY, assert_same_training_state, train_here
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -158,20 +154,7 @@ def test_rul_resume_is_exact(rul_run: Path, tmp_path: Path, cache_dir: Path):
 
 @pytest.mark.slow
 def test_rul_checkpoint_evaluates_and_predicts_with_fc_of_mu(rul_run: Path, tmp_path: Path):
-    checkpoint = rul_run / "checkpoints" / "last.pt"
-    cfg = compose_command("eval", [f"checkpoint={checkpoint}", "device=cpu", "progress=false", "logger=none"])
-    result = evaluate_checkpoint(cfg, tmp_path / "eval")
-    assert result["acc"] == pytest.approx(json.loads((rul_run / "summary.json").read_text())["final_acc"], abs=1e-9)
-
-    image = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    Image.fromarray(image.numpy()).save(tmp_path / "face.png")
-    predict_command(compose_command("predict", [f"checkpoint={checkpoint}", f"input={tmp_path / 'face.png'}",
-                                                "device=cpu"]), tmp_path / "predict")
-    frame = pd.read_csv(tmp_path / "predict" / "predictions.csv")
-    probs = torch.tensor(frame[[c for c in frame.columns if c.startswith("prob_")]].to_numpy(), dtype=torch.float32)
-    trained = inference.read_checkpoint(checkpoint)
-    model = inference.load_model(trained, 7)
-    x = inference.image_transform(trained.dataset_config)(Image.open(tmp_path / "face.png").convert("RGB"))[None]
+    probs, model, x = evaluate_and_predict(rul_run, tmp_path)
     with torch.no_grad():
         expected = torch.softmax(model.head.fc(model.head.mu(model.body(x))), 1)
     torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)
