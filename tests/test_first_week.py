@@ -37,7 +37,8 @@ except UserError as err:
 
 
 def test_wandb_online_without_a_login_is_one_line_before_any_work(tmp_path: Path):
-    """In subprocesses: wandb.login keeps what it found for the rest of the process."""
+    """In subprocesses (wandb keeps what it found for the rest of a process); the check reads the key's
+    places itself, never waiting on W&B's service or server."""
     import os
     import subprocess
     import sys
@@ -57,6 +58,11 @@ def test_wandb_online_without_a_login_is_one_line_before_any_work(tmp_path: Path
     assert preflight(*online).startswith("logger.mode=online: no W&B login here; run `wandb login`")
     assert preflight("logger=wandb", "logger.mode=offline") == ""  # offline needs no login
     assert preflight(*online, WANDB_API_KEY="a" * 40) == ""  # a key: nothing to say
+    # `wandb login` writes ~/.netrc: an entry for W&B's host is a login, one for another host is not.
+    (tmp_path / ".netrc").write_text("machine example.org login user password " + "b" * 40 + "\n")
+    assert preflight(*online).startswith("logger.mode=online: no W&B login here")
+    (tmp_path / ".netrc").write_text("machine wandb.example.org login user password " + "b" * 40 + "\n")
+    assert preflight(*online, WANDB_BASE_URL="https://wandb.example.org") == ""
 
 
 @pytest.mark.parametrize("config, override, line", [

@@ -57,16 +57,25 @@ def _serialized(method):
 
 
 def wandb_logged_in() -> bool:
-    """Whether W&B has an API key here (environment, ~/.netrc or its settings), without prompting and
-    without asking the server: ``logger.mode=online`` is refused before any work without one."""
+    """Whether W&B has an API key here: ``WANDB_API_KEY``, an identity token file, or a ~/.netrc
+    (``NETRC``) entry for its host (``WANDB_BASE_URL``, else wandb's default), the places ``wandb
+    login`` reads and writes. Read directly, without prompting, starting W&B's service or asking the
+    server (``wandb.login`` can wait minutes on a machine that cannot reach it): ``logger.mode=online``
+    is refused before any work without one."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    import netrc
+    from urllib.parse import urlparse
+
     import wandb
 
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or str(wandb.Settings().base_url)).hostname
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
     try:
-        return bool(wandb.login(verify=False, prompt=False))
-    except TypeError:  # an older wandb without ``prompt``: its own lookup
-        return bool(os.environ.get("WANDB_API_KEY") or wandb.api.api_key)
-    except wandb.errors.UsageError:
+        entry = netrc.netrc(str(path)).authenticators(host or "")
+    except (OSError, netrc.NetrcParseError):
         return False
+    return bool(entry and entry[2])
 
 
 class WandbLogger(Logger):
