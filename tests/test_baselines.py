@@ -17,7 +17,7 @@ from adadf.models import AdaDF
 from conftest import FAST, ROOT, cli_env
 from test_eval_predict import evaluate_and_predict
 from test_plots import assert_png
-from test_resume import assert_same_training_state, train_here
+from test_resume import assert_same_training_state, completed_run, train_here
 
 CE = ["method=ce", "dataset.label_noise=0.25"]
 
@@ -97,3 +97,23 @@ def test_a_switch_ce_lacks_is_one_line_before_any_work(run_cli, tmp_path: Path):
     assert proc.stderr.strip().splitlines() == [
         "fusion.ld_pass=online: method=ce has no class distributions (leave it at its default)"]
     assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------- CE on the comparison methods' network
+def test_ce_full_trains_every_layer_of_the_single_branch_network(tmp_path_factory, cache_dir: Path, tmp_path: Path):
+    """``method=ce_full``: the baseline SCN, RUL and EAC are read against (their network, CE only)."""
+    run = completed_run(tmp_path_factory, cache_dir, "ce_full", "method=ce_full", "dataset.label_noise=0.25",
+                        "trainer.epochs=2")
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert (metrics["train_loss"] == metrics["train_ce"]).all()
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    keys = [k for k in state["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert "body.conv1.weight" in keys and {"head.fc.weight", "head.fc.bias"} <= set(keys)
+    (group,) = state["optimizer"]["param_groups"]  # one group, every layer (conv1 and layer1 included)
+    assert len(group["params"]) == len(keys) == len(state["optimizer"]["state"])
+    scores = pd.read_csv(run / "train_attention.csv")
+    assert "aux_loss" in scores.columns and "attention" not in scores.columns
+    probs, model, x = evaluate_and_predict(run, tmp_path)
+    with torch.no_grad():
+        expected = F.softmax(model.head.fc(model.body(x).mean((2, 3))), 1)
+    torch.testing.assert_close(probs, expected, rtol=1e-4, atol=1e-5)

@@ -34,11 +34,11 @@ def test_adadf_keeps_the_papers_recipe(compose_cfg):
     assert _settings(raf) == {"lr": 1e-3, "weight_decay": 0.0, "batch_size": 64, "epochs": 75}
 
 
-def test_sweep_compare_is_five_methods_three_noise_levels_three_seeds():
+def test_sweep_compare_is_six_methods_three_noise_levels_three_seeds():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["sweep=compare"], return_hydra_config=True)
     sweep = cfg.hydra.sweeper.params
-    assert sweep["method"].split(",") == ["ce", "scn", "rul", "eac", "adadf"]
+    assert sweep["method"].split(",") == ["ce", "ce_full", "scn", "rul", "eac", "adadf"]
     assert [float(x) for x in sweep["dataset.label_noise"].split(",")] == [0.0, 0.2, 0.4]
     assert sweep["seed"] == "range(3)"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, ClassVar, Dict, List, Optional, Union
 
 from adadf.config.fields import at_least, closed01, half_open01, one_of, open01, positive, ranged
 from adadf.errors import UserError
@@ -168,18 +168,29 @@ class ComparisonMethodConfig(MethodConfig):
     """A comparison method on the single-branch network (docs/methods.md): the Ada-DF switches
     (``fusion.*``) do not apply and are refused when set."""
 
+    NAME: ClassVar[str] = ""  # the method=<name> option, for messages
     params: Any = "${fusion}"  # read only to refuse Ada-DF switches the method has no part for
     drop_rate: float = ranged(0.0, *half_open01())  # dropout on the classifier's input features
 
     def __post_init__(self) -> None:
         if isinstance(self.params, FusionConfig):
-            refuse_switches(self.params, self._target_.rpartition(".")[2].removesuffix("Method").lower())
+            refuse_switches(self.params, self.NAME)
+
+
+@dataclass
+class FullNetworkCEMethodConfig(ComparisonMethodConfig):
+    """Cross-entropy on the single-branch network SCN, RUL and EAC use (every layer trained)."""
+
+    NAME: ClassVar[str] = "ce_full"
+    _target_: str = "adadf.methods.ce.FullNetworkCEMethod"
+    label_smoothing: float = ranged(0.0, *half_open01())
 
 
 @dataclass
 class SCNMethodConfig(ComparisonMethodConfig):
     """SCN (Wang et al., CVPR 2020), with its original code's values for RAF-DB at batch 64."""
 
+    NAME: ClassVar[str] = "scn"
     _target_: str = "adadf.methods.scn.SCNMethod"
     beta: float = ranged(0.7, *open01())  # fraction of the batch in the high-importance group
     margin_1: float = ranged(0.07, *at_least(0.0))  # rank regularisation margin (the README's, batch 64)
@@ -193,6 +204,7 @@ class SCNMethodConfig(ComparisonMethodConfig):
 class RULMethodConfig(ComparisonMethodConfig):
     """RUL (Zhang et al., NeurIPS 2021), with its original code's values."""
 
+    NAME: ClassVar[str] = "rul"
     _target_: str = "adadf.methods.rul.RULMethod"
     feature_dim: int = ranged(64, *at_least(1))  # the mu / log-variance heads' output
     head_dropout: float = ranged(0.4, *half_open01())  # in both heads, before their Linear
@@ -204,6 +216,7 @@ class RULMethodConfig(ComparisonMethodConfig):
 class EACMethodConfig(ComparisonMethodConfig):
     """EAC (Zhang et al., ECCV 2022), with its original code's values."""
 
+    NAME: ClassVar[str] = "eac"
     _target_: str = "adadf.methods.eac.EACMethod"
     lam: float = ranged(5.0, *at_least(0.0))  # weight of the attention-map consistency loss
 
@@ -285,7 +298,8 @@ GROUP_SCHEMAS: dict[str, dict[str, type]] = {
     "fusion": {"default": FusionConfig},
     "trainer": {"default": TrainerConfig},
     "backbone": {"resnet": BackboneConfig},
-    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig, "ce": CEMethodConfig, "scn": SCNMethodConfig,
+    "method": {"base": MethodConfig, "adadf": AdaDFMethodConfig, "ce": CEMethodConfig, "ce_full": FullNetworkCEMethodConfig,
+               "scn": SCNMethodConfig,
                "rul": RULMethodConfig, "eac": EACMethodConfig},
     "optimizer": {"adam": OptimizerConfig, "adamw": AdamWConfig, "sgd": SGDConfig},
     "scheduler": {"exponential": ExponentialConfig, "cosine": CosineConfig, "none": ConstantConfig},

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adadf.config.schema import FusionConfig, refuse_switches
+from adadf.config.schema import BackboneConfig, FusionConfig, refuse_switches
 from adadf.methods.base import Method, Outputs
+from adadf.models.single import HeadNetwork, LinearHead, build_head_network
 
 
 class CEMethod(Method):
@@ -35,7 +36,27 @@ class CEMethod(Method):
         self.label_smoothing = float(label_smoothing)
 
     def loss(self, outputs: Outputs, labels: Tensor, epoch: int, num_images: int) -> dict[str, Tensor | float]:
-        logits = outputs[1]
+        logits = self.label_logits(outputs)  # the target branch's (or a head network's) logits
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # AMP: at least float32
         ce = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)  # mean over N rows
         return {"loss": ce, "ce": ce}
+
+
+class FullNetworkCEMethod(CEMethod):
+    """Cross-entropy on the single-branch network (``method=ce_full``): the whole ResNet body trained
+    and a linear head, the network SCN, RUL and EAC are built on (docs/methods.md). The baseline to
+    read them against: ``method=ce`` keeps the Ada-DF network's frozen trunk (conv1 ... layer1), which
+    is Ada-DF's design with a pretrained backbone but random and fixed when training from scratch."""
+
+    trained_modules = None  # every layer
+    trains_attention = False
+
+    def __init__(self, num_classes: int, pretrained: bool = False, label_smoothing: float = 0.0,
+                 drop_rate: float = 0.0, params: FusionConfig | None = None) -> None:
+        super().__init__(num_classes, pretrained, label_smoothing,
+                         params if isinstance(params, FusionConfig) else None)
+        self.drop_rate = float(drop_rate)
+
+    def build_network(self, backbone: BackboneConfig, num_classes: int, image_size: int) -> HeadNetwork:
+        return build_head_network(lambda body: LinearHead(body.num_features, num_classes, self.drop_rate),
+                                  num_classes, backbone)

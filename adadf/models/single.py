@@ -60,6 +60,22 @@ class Head(Protocol):
     def predict(self, feature_map: torch.Tensor) -> torch.Tensor: ...
 
 
+class LinearHead(nn.Module):
+    """The plain classifier: the map averaged to f [N, F], then ``fc`` (dropout on f at ``drop_rate``)."""
+
+    def __init__(self, num_features: int, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(num_features, num_classes)
+
+    def forward(self, feature_map: torch.Tensor) -> HeadOutputs:
+        features = feature_map.mean((2, 3))
+        return HeadOutputs(logits=self.fc(self.drop(features)), features=features)
+
+    def predict(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.fc(feature_map.mean((2, 3)))
+
+
 class HeadNetwork(nn.Module):
     """``body`` then the method's ``head``. ``forward(x, **kwargs)`` -> the head's outputs (its keyword
     arguments, e.g. RUL's pairing, pass through); ``target_only`` -> the logits [N, C] evaluation and
