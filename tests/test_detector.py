@@ -287,13 +287,21 @@ def test_sweep_table_shows_every_detector_the_jobs_have(tmp_path: Path):
     assert "noise AUROC: uncertainty" in table and "noise AUROC: aux loss" in table
 
 
-def test_ranking_by_a_score_the_method_lacks_is_one_line_at_the_first_batch(run_cli, tmp_path: Path):
+def test_ranking_by_a_score_the_method_lacks_is_one_line_before_any_training(run_cli, tmp_path: Path):
+    """Built-in methods declare their scores (``Method.score_names``): refused when the detector is
+    built, before the first batch; an undeclared method's at its first recorded batch (above)."""
+    from adadf.methods.rul import RULMethod
+
+    with pytest.raises(UserError, match=r"^trainer.suspects_by=importance: RULMethod has no such per-sample"):
+        SampleRecorder(4, RULMethod(C), torch.device("cpu"), needed="importance")
     out = tmp_path / "run"
     proc = run_cli([*FAST, "method=rul", "trainer.suspects_by=attention", f"hydra.run.dir={out}"], cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "trainer.suspects_by=attention: RULMethod has no such per-sample score (it has: aux_loss, uncertainty)")
     assert not (out / "metrics.csv").exists() and not (out / "checkpoints").exists()
+    log = out / "run.log"
+    assert not log.exists() or "train batches/epoch" not in log.read_text()
 
 
 def test_rul_uncertainty_is_a_detector_of_its_own(tmp_path: Path, cache_dir: Path):

@@ -65,3 +65,26 @@ def test_evaluation_rebuilds_the_checkpoints_method(head_run: Path, cache_dir: P
     metrics = pd.read_csv(head_run / "metrics.csv")
     summary = json.loads((out / "eval_summary.json").read_text())
     assert summary["acc"] == pytest.approx(float(metrics["test_acc"].iloc[-1]), abs=1e-9)
+
+
+@pytest.mark.parametrize("name", ["ce_full", "scn", "rul", "eac"])
+def test_declared_scores_are_the_ones_a_step_gives(name: str):
+    """``Method.score_names`` (checked against ``trainer.suspects_by`` before training) names exactly
+    the per-sample scores the method's step and ``sample_scores`` deliver."""
+    from adadf.config.schema import BackboneConfig
+    from adadf.methods import Batch
+    from adadf.methods.ce import FullNetworkCEMethod
+    from adadf.methods.eac import EACMethod
+    from adadf.methods.rul import RULMethod
+    from adadf.methods.scn import SCNMethod
+
+    method = {"ce_full": FullNetworkCEMethod, "scn": SCNMethod, "rul": RULMethod, "eac": EACMethod}[name](7)
+    torch.manual_seed(0)
+    network = method.build_network(BackboneConfig(), 7, 32).train()
+    labels = torch.arange(8) % 7
+    method.begin_training(labels.tolist(), epochs=20)
+    batch = Batch(torch.randn(8, 3, 32, 32), labels, torch.arange(8), 8)
+    _, outputs = method.step(lambda x, **kw: network(x, **kw), batch, epoch=1)
+    scores = method.sample_scores(outputs, labels)
+    assert tuple(sorted(scores)) == tuple(sorted(method.declared_scores()))
+    assert all(s.shape == (8,) for s in scores.values())

@@ -55,6 +55,9 @@ class Method:
     trained_modules: tuple[str, ...] | None = None
     # Per-sample scores (``sample_scores``) for which a LOW value marks a likely mislabelled sample.
     low_is_suspect: frozenset[str] = frozenset({"attention"})
+    # The names ``sample_scores`` gives, so ``trainer.suspects_by`` is checked before any training
+    # (None: not declared; checked at the first recorded batch). The Ada-DF network's by default.
+    score_names: tuple[str, ...] | None = ("aux_loss", "attention")
     trains_attention: bool = True  # False: the attention heads stay as initialised (no histogram)
 
     def __init__(self, num_classes: int, pretrained: bool = False) -> None:
@@ -83,6 +86,14 @@ class Method:
         Returns ``(terms as loss returns them, the outputs the reports see)``."""
         outputs = forward(batch.images)
         return self.loss(outputs, batch.labels, epoch, batch.num_images), outputs
+
+    @classmethod
+    def declared_scores(cls) -> tuple[str, ...] | None:
+        """``score_names`` where it is declared with (or below) the ``sample_scores`` giving them; None
+        for a subclass that overrides ``sample_scores`` but inherits the names (checked at its first batch)."""
+        def owner(attr: str) -> type:
+            return next(k for k in cls.__mro__ if attr in vars(k))
+        return cls.score_names if issubclass(owner("score_names"), owner("sample_scores")) else None
 
     def label_logits(self, outputs: Outputs) -> Tensor:
         """The logits the method trains on the given labels (``label_branch`` of the dual network)."""

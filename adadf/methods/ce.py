@@ -50,6 +50,7 @@ class FullNetworkCEMethod(CEMethod):
 
     trained_modules = None  # every layer
     trains_attention = False
+    score_names = ("aux_loss",)
 
     def __init__(self, num_classes: int, pretrained: bool = False, label_smoothing: float = 0.0,
                  drop_rate: float = 0.0, params: FusionConfig | None = None) -> None:

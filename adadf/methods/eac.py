@@ -82,6 +82,7 @@ class EACMethod(Method):
     scaled_logits = False
     label_branch = 1
     trains_attention = False
+    score_names = ("aux_loss", "consistency")
 
     def __init__(self, num_classes: int, pretrained: bool = False, lam: float = 5.0, drop_rate: float = 0.0,
                  params: FusionConfig | None = None) -> None:

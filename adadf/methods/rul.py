@@ -111,6 +111,7 @@ class RULMethod(Method):
     scaled_logits = False
     label_branch = 1
     trains_attention = False
+    score_names = ("aux_loss", "uncertainty")
 
     def __init__(self, num_classes: int, pretrained: bool = False, feature_dim: int = 64, head_dropout: float = 0.4,
                  fc_lr_scale: float = 10.0, drop_rate: float = 0.0, seed: int = 0,

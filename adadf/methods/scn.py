@@ -78,6 +78,7 @@ class SCNMethod(Method):
 
     label_branch = 1
     low_is_suspect = frozenset({"attention", "importance"})
+    score_names = ("aux_loss", "attention", "importance")
 
     def __init__(self, num_classes: int, pretrained: bool = False, beta: float = 0.7, margin_1: float = 0.07,
                  margin_2: float = 0.2, relabel_epoch: int | None = None, relabel_low_only: bool = False,

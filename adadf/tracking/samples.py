@@ -114,6 +114,9 @@ class SampleRecorder:
         self.device = device
         self.needed = needed
         self.names: list[str] | None = None  # fixed by the first batch
+        declared = method.declared_scores()
+        if needed is not None and declared is not None and needed not in declared:  # before any training
+            self._refuse(score_order(declared))
         self._order: Callable[[], Sequence[int]] | None = None
         self.reset()
 
@@ -128,10 +131,13 @@ class SampleRecorder:
         """The run's scores, from the first batch; the one ``trainer.suspects_by`` ranks by must be there."""
         self.names = score_order(names)
         if self.needed is not None and self.needed not in self.names:
-            raise UserError(f"trainer.suspects_by={self.needed}: {type(self.method).__name__} has no such "
-                            f"per-sample score (it has: {', '.join(self.names)})")
+            self._refuse(self.names)
         # nothing recorded yet: the arrays again, one row per score added (this pass's index stays)
         self.values = torch.zeros(len(self.names) + 2, self.num_samples, dtype=torch.float64, device=self.device)
+
+    def _refuse(self, names: Sequence[str]) -> None:
+        raise UserError(f"trainer.suspects_by={self.needed}: {type(self.method).__name__} has no such "
+                        f"per-sample score (it has: {', '.join(names)})")
 
     def start(self, order: Callable[[], Sequence[int]]) -> SampleRecorder:
         """A pass begins; ``order()`` (asked at its first batch, once the sampler has drawn) gives
