@@ -20,7 +20,7 @@ from adadf.methods.eac import EACMethod, flip_consistency
 from conftest import ROOT, cli_env
 from method_reference import grad_summary, load_fixture, seeded_batch, seeded_state
 from test_eval_predict import evaluate_and_predict
-from test_resume import TINY, assert_same_training_state, metrics_without_timing, train_here
+from test_resume import TINY, completed_cli_run, assert_same_training_state, metrics_without_timing, train_here
 
 C = 7
 
@@ -145,13 +145,8 @@ EAC = ["method=eac", "dataset.label_noise=0.25"]
 @pytest.fixture(scope="module")
 def eac_run(tmp_path_factory, cache_dir) -> Path:
     """Two epochs through the real command line (``python run.py``)."""
-    out = tmp_path_factory.mktemp("eac")
-    args = [*TINY, f"dataset.root={cache_dir}", *EAC, "trainer.epochs=2", f"hydra.run.dir={out}"]
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=out, env=cli_env(cache_dir),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    out = completed_cli_run(tmp_path_factory, cache_dir, "eac", *EAC, "trainer.epochs=2")
+    assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 2
     return out
 
 

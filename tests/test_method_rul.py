@@ -19,7 +19,7 @@ from adadf.methods.rul import RULMethod, add_up_loss, relative_mix
 from conftest import ROOT, cli_env
 from method_reference import grad_summary, load_fixture, seeded_batch, seeded_state
 from test_eval_predict import evaluate_and_predict
-from test_resume import TINY, assert_same_training_state, train_here
+from test_resume import TINY, completed_cli_run, assert_same_training_state, train_here
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -110,13 +110,8 @@ RUL = ["method=rul", "dataset.label_noise=0.25"]
 @pytest.fixture(scope="module")
 def rul_run(tmp_path_factory, cache_dir) -> Path:
     """Two epochs through the real command line (``python run.py``)."""
-    out = tmp_path_factory.mktemp("rul")
-    args = [*TINY, f"dataset.root={cache_dir}", *RUL, "trainer.epochs=2", f"hydra.run.dir={out}"]
-    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=out, env=cli_env(cache_dir),
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_completed"] == 2
+    out = completed_cli_run(tmp_path_factory, cache_dir, "rul", *RUL, "trainer.epochs=2")
+    assert json.loads((out / "summary.json").read_text())["epochs_completed"] == 2
     return out
 
 

@@ -73,6 +73,17 @@ def train_here(run_dir: Path, cache_dir: Path, *overrides: str) -> dict:
     return train_with(run_dir, [*TINY, f"dataset.root={cache_dir}", *overrides])
 
 
+def completed_cli_run(factory: pytest.TempPathFactory, cache_dir: Path, name: str, *overrides: str) -> Path:
+    """A fresh dir with a completed ``python run.py TINY overrides`` (the real command line, another process)."""
+    out = factory.mktemp(name)
+    args = [*TINY, f"dataset.root={cache_dir}", *overrides, f"hydra.run.dir={out}"]
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=out, env=cli_env(cache_dir),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    return out
+
+
 def completed_run(factory: pytest.TempPathFactory, cache_dir: Path, name: str, *overrides: str) -> Path:
     """A fresh dir with a completed in-process run of ``overrides`` (for module-scoped fixtures)."""
     out = factory.mktemp(name)

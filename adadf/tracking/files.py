@@ -21,7 +21,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 class RunFiles:
-    """The per-run output contract of DESIGN.md inside one run directory."""
+    """The per-run output contract (docs/runs.md, "What a run writes") inside one run directory."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
