@@ -31,8 +31,7 @@ class CEMethod(Method):
     def __init__(self, num_classes: int, pretrained: bool = False, label_smoothing: float = 0.0,
                  params: FusionConfig | None = None) -> None:
         super().__init__(num_classes, pretrained)
-        if params is not None:  # also checked at validation (CEMethodConfig), before any work
-            refuse_switches(params, "ce")
+        refuse_switches(params, "ce")  # also checked at validation, before any work
         self.label_smoothing = float(label_smoothing)
 
     def loss(self, outputs: Outputs, labels: Tensor, epoch: int, num_images: int) -> dict[str, Tensor | float]:
@@ -54,8 +53,7 @@ class FullNetworkCEMethod(CEMethod):
 
     def __init__(self, num_classes: int, pretrained: bool = False, label_smoothing: float = 0.0,
                  drop_rate: float = 0.0, params: FusionConfig | None = None) -> None:
-        super().__init__(num_classes, pretrained, label_smoothing,
-                         params if isinstance(params, FusionConfig) else None)
+        super().__init__(num_classes, pretrained, label_smoothing, params)
         self.drop_rate = float(drop_rate)
 
     def build_network(self, backbone: BackboneConfig, num_classes: int, image_size: int) -> HeadNetwork:

@@ -87,8 +87,7 @@ class EACMethod(Method):
     def __init__(self, num_classes: int, pretrained: bool = False, lam: float = 5.0, drop_rate: float = 0.0,
                  params: FusionConfig | None = None) -> None:
         super().__init__(num_classes, pretrained)
-        if isinstance(params, FusionConfig):  # checked at validation too (EACMethodConfig); a rebuilt
-            refuse_switches(params, "eac")  # checkpoint's method (adadf-eval) gets the recorded dict
+        refuse_switches(params, "eac")  # also checked at validation, before any work
         self.lam = float(lam)
         self.drop_rate = float(drop_rate)
 

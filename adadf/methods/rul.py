@@ -115,10 +115,9 @@ class RULMethod(Method):
 
     def __init__(self, num_classes: int, pretrained: bool = False, feature_dim: int = 64, head_dropout: float = 0.4,
                  fc_lr_scale: float = 10.0, drop_rate: float = 0.0, seed: int = 0,
-                 params: Any = None) -> None:
+                 params: FusionConfig | None = None) -> None:
         super().__init__(num_classes, pretrained)
-        if isinstance(params, FusionConfig):  # checked at validation (RULMethodConfig); a recorded
-            refuse_switches(params, "rul")  # config read back by evaluation is a plain mapping
+        refuse_switches(params, "rul")  # also checked at validation, before any work
         self.feature_dim = int(feature_dim)
         self.head_dropout = float(head_dropout)
         self.fc_lr_scale = float(fc_lr_scale)

@@ -84,8 +84,7 @@ class SCNMethod(Method):
                  margin_2: float = 0.2, relabel_epoch: int | None = None, relabel_low_only: bool = False,
                  drop_rate: float = 0.0, params: FusionConfig | None = None) -> None:
         super().__init__(num_classes, pretrained)
-        if isinstance(params, FusionConfig):  # also checked at validation (a plain dict when rebuilt from a checkpoint)
-            refuse_switches(params, "scn")
+        refuse_switches(params, "scn")  # also checked at validation, before any work
         self.beta = float(beta)
         self.margin_1 = float(margin_1)
         self.margin_2 = float(margin_2)
