@@ -12,6 +12,7 @@ asks.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -28,9 +29,12 @@ NOISES = (0.0, 0.2, 0.4)
 CHANCE = 100.0 / 7
 
 
-def own_column(score: str) -> str:
-    """The summary.json key of a score's AUROC (the attention's is plain ``noise_auroc``)."""
-    return "noise_auroc" if score == "attention" else f"noise_auroc_{score}"
+def own_auroc(job: pd.Series) -> float:
+    """A job's AUROC for its method's own score (NaN for the baselines, or without label noise)."""
+    from adadf.tracking.samples import auroc_key
+
+    score = OWN_SCORE.get(job["method"])
+    return round(float(job.get(auroc_key(score), math.nan)), 2) if score else math.nan
 
 
 def add(sweep_dir: Path, source: str, csv: Path = CSV) -> pd.DataFrame:
@@ -44,17 +48,13 @@ def add(sweep_dir: Path, source: str, csv: Path = CSV) -> pd.DataFrame:
         "method": jobs["method"], "label_noise": jobs["dataset.label_noise"].astype(float),
         "seed": jobs["seed"].astype(int), "best_acc": jobs["best_acc"].round(2),
         "noise_auroc_aux_loss": jobs.get("noise_auroc_aux_loss", pd.Series(dtype=float)).round(2),
-        "own_score": [OWN_SCORE.get(m, "") for m in jobs["method"]],
-        "noise_auroc_own": [round(job.get(own_column(OWN_SCORE[job["method"]]), float("nan")), 2)
-                            if job["method"] in OWN_SCORE else float("nan") for _, job in jobs.iterrows()],
+        "own_score": jobs["method"].map(OWN_SCORE).fillna(""),
+        "noise_auroc_own": jobs.apply(own_auroc, axis=1),
         "source": source})
-    if csv.exists():
-        old = pd.read_csv(csv)
-        keys = ["method", "label_noise", "seed"]
-        kept = old[~old.set_index(keys).index.isin(rows.set_index(keys).index)]
-        pd.concat([kept, rows]).to_csv(csv, index=False)
-    else:
-        rows.to_csv(csv, index=False)
+    keys = ["method", "label_noise", "seed"]
+    old = pd.read_csv(csv) if csv.exists() else rows.iloc[:0]
+    kept = old[~old.set_index(keys).index.isin(rows.set_index(keys).index)]
+    pd.concat([kept, rows]).to_csv(csv, index=False)
     return rows
 
 
